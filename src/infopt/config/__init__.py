@@ -1,0 +1,1 @@
+"""Config schemas, validation and Hydra registration."""

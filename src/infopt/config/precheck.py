@@ -1,0 +1,125 @@
+"""Compose and validate the command line's overrides before Hydra starts a run or a sweep.
+
+Hydra's own errors span several lines; these are condensed to one line that names the key or
+value and what is allowed. Sweep axes (``a=1,2``) are checked one value at a time.
+"""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+from hydra.core.global_hydra import GlobalHydra
+from hydra.errors import HydraException, MissingConfigException
+from omegaconf.errors import OmegaConfBaseException
+
+from infopt.errors import InfoptError
+
+# Flags after which Hydra does not run the task (help, config printing) or that we leave alone.
+_NO_TASK_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--version", "--resolve", "--package", "-p", "--experimental-rerun")
+_MAX_COMBINATIONS = 64
+
+
+def _split_argv(argv: list[str]) -> tuple[list[str], bool, bool]:
+    overrides, multirun, runs_task = [], False, True
+    skip_next = False
+    for arg in argv:
+        if skip_next:
+            skip_next = False
+            continue
+        if arg in ("-m", "--multirun"):
+            multirun = True
+        elif arg in _NO_TASK_FLAGS or arg.startswith(("--cfg=", "--info=", "--package=")):
+            runs_task = False
+            if arg in ("--cfg", "-c", "--info", "-i", "--package", "-p", "--experimental-rerun"):
+                skip_next = arg in ("--package", "-p", "--experimental-rerun")
+        elif arg.startswith("--config-") or arg in ("-cp", "-cn", "-cd"):
+            runs_task = False  # alternative config dirs: let Hydra handle them
+        elif arg.startswith("hydra.") or arg.startswith("hydra/") or arg.startswith("+hydra"):
+            continue  # launcher/sweeper settings are Hydra's business
+        elif not arg.startswith("-"):
+            overrides.append(arg)
+    return overrides, multirun, runs_task
+
+
+def _expand(overrides: list[str]) -> list[list[str]]:
+    """Each combination of simple sweep values; range/interval sweeps keep their first form."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    axes: list[list[str]] = []
+    for ov in parsed:
+        if ov.is_sweep_override():
+            try:
+                values = list(ov.sweep_string_iterator())
+            except Exception:  # interval()/range over floats: checked by the sweeper
+                continue
+            key = ov.get_key_element()
+            axes.append([f"{key}={v}" for v in values])
+        else:
+            axes.append([ov.input_line])
+    combos = list(itertools.islice(itertools.product(*axes), _MAX_COMBINATIONS))
+    return [list(c) for c in combos]
+
+
+def one_line(err: BaseException) -> str:
+    """Condense a Hydra/OmegaConf composition error into one line with the valid choices."""
+    if isinstance(err, MissingConfigException):
+        options = getattr(err, "options", None) or []
+        missing = getattr(err, "missing_cfg_file", "") or ""
+        group = missing.rsplit("/", 1)[0] if "/" in missing else missing
+        msg = str(err).splitlines()[0]
+        if options:
+            return f"{msg.rstrip('.')}; valid {group} options: {', '.join(sorted(options))}"
+        return msg
+    cause = err.__cause__ or err.__context__
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    head = lines[0] if lines else type(err).__name__
+    if isinstance(cause, OmegaConfBaseException):
+        detail = str(cause).splitlines()[0]
+        valid = _valid_keys(cause)
+        return f"{head} {detail}{valid}".strip()
+    detail = next((ln for ln in lines[1:] if not ln.startswith(("full_key", "reference_type", "object_type", "To append", "Set the environment"))), "")
+    return f"{head} {detail}".strip()
+
+
+def _valid_keys(err: OmegaConfBaseException) -> str:
+    import dataclasses
+
+    obj_type = getattr(err, "object_type", None)
+    if "not in" in str(err) and obj_type is not None and dataclasses.is_dataclass(obj_type):
+        return f" (valid keys: {', '.join(f.name for f in dataclasses.fields(obj_type))})"
+    return ""
+
+
+def precheck(argv: list[str], conf_dir: Path) -> str | None:
+    """None if every combination composes and validates, else a one-line error message."""
+    overrides, _multirun, runs_task = _split_argv(argv)
+    if not runs_task:
+        return None
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    from infopt.config.validate import validate_config
+
+    try:
+        combos = _expand(overrides)
+    except HydraException as err:
+        return one_line(err)
+    for combo in combos:
+        GlobalHydra.instance().clear()
+        try:
+            with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+                cfg = compose(config_name="config", overrides=combo)
+        except (HydraException, OmegaConfBaseException) as err:
+            return one_line(err)
+        finally:
+            GlobalHydra.instance().clear()
+        with open_dict(cfg):
+            cfg.paths.output_dir = "<precheck>"  # ${hydra:...} does not resolve outside a run
+        try:
+            validate_config(cfg)
+        except InfoptError as err:
+            where = f" (in sweep combination: {' '.join(combo)})" if len(combos) > 1 else ""
+            return f"{err}{where}"
+    return None

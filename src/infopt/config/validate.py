@@ -1,0 +1,31 @@
+"""Turn a composed DictConfig into a validated ``InfoptConfig`` before anything expensive runs."""
+
+from __future__ import annotations
+
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from infopt.config.schema import InfoptConfig
+from infopt.errors import ConfigError
+
+
+def to_object(cfg: DictConfig) -> InfoptConfig:
+    try:
+        obj = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as err:
+        key = getattr(err, "full_key", None)
+        msg = str(err).splitlines()[0]
+        raise ConfigError(f"{key}: {msg}" if key else msg) from None
+    assert isinstance(obj, InfoptConfig)
+    return obj
+
+
+def validate_config(cfg: DictConfig, *, check_technique: bool = True) -> InfoptConfig:
+    """Types (schema), ranges (``validate``), and the technique's cross-group checks."""
+    obj = to_object(cfg)
+    obj.validate()
+    if check_technique:
+        from infopt.techniques.registry import build
+
+        build(obj.technique).check(obj)
+    return obj

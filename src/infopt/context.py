@@ -1,0 +1,39 @@
+"""What a technique may use while it runs: config, tokenizer, data, paths, logger, measurement."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from infopt.config.schema import InfoptConfig
+    from infopt.data.text import TextData
+    from infopt.tracking import RunLogger
+
+
+@dataclass
+class RunContext:
+    cfg: InfoptConfig
+    tokenizer: Any
+    data: TextData
+    output_dir: Path
+    cache_dir: Path
+    device: torch.device
+    logger: RunLogger
+    # measure(model, generate_kwargs) -> {"eval": {...}, "bench": {...}}: the run's own eval + bench,
+    # for techniques that record intermediate states (pipelines, before/after recovery).
+    measure: Callable[[nn.Module, dict[str, Any]], dict[str, dict[str, float]]] | None = None
+    # The baseline measurement, when there is one (for per-stage ratios).
+    baseline: dict[str, dict[str, float]] | None = None
+    extras: dict[str, Any] = field(default_factory=dict)
+
+    def subdir(self, name: str) -> Path:
+        """A directory inside this run's output dir (checkpoints, exports)."""
+        path = self.output_dir / name
+        path.mkdir(parents=True, exist_ok=True)
+        return path

@@ -1,0 +1,51 @@
+"""What techniques see of the data group: splits as text and as token blocks, tokenized once."""
+
+from __future__ import annotations
+
+from functools import cached_property
+
+import torch
+
+from infopt.config.schema import DataConfig
+from infopt.data.blocks import contiguous_blocks, sample_blocks, tokenize_stream
+from infopt.data.corpus import Corpus, load_corpus
+
+
+class TextData:
+    def __init__(self, cfg: DataConfig, tokenizer, corpus: Corpus | None = None) -> None:
+        self.cfg = cfg
+        self.tokenizer = tokenizer
+        self._corpus = corpus
+
+    @property
+    def corpus(self) -> Corpus:
+        if self._corpus is None:
+            self._corpus = load_corpus(self.cfg)
+        return self._corpus
+
+    @cached_property
+    def train_stream(self) -> torch.Tensor:
+        return tokenize_stream(self.tokenizer, self.corpus.train)
+
+    @cached_property
+    def calibration_stream(self) -> torch.Tensor:
+        return tokenize_stream(self.tokenizer, self.corpus.calibration)
+
+    @cached_property
+    def heldout_stream(self) -> torch.Tensor:
+        return tokenize_stream(self.tokenizer, self.corpus.heldout)
+
+    def calibration_blocks(self, count: int | None = None, seq_len: int | None = None, seed: int | None = None) -> torch.Tensor:
+        """(count, seq_len) windows from the calibration documents (falls back to train if too short)."""
+        count = count or self.cfg.calibration_samples
+        seq_len = seq_len or self.cfg.seq_len
+        stream = self.calibration_stream
+        if stream.numel() <= seq_len:
+            stream = self.train_stream
+        return sample_blocks(stream, seq_len, count, self.cfg.seed if seed is None else seed)
+
+    def train_blocks(self, seq_len: int | None = None) -> torch.Tensor:
+        return contiguous_blocks(self.train_stream, seq_len or self.cfg.seq_len)
+
+    def heldout_blocks(self, seq_len: int | None = None) -> torch.Tensor:
+        return contiguous_blocks(self.heldout_stream, seq_len or self.cfg.seq_len)

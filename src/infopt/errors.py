@@ -1,0 +1,17 @@
+"""Errors a user can act on. The CLI prints them as one line, without a traceback."""
+
+
+class InfoptError(Exception):
+    """Base class: the message is complete and says what to do."""
+
+
+class ConfigError(InfoptError):
+    """A config value is wrong; the message names the key, the value and what is allowed."""
+
+
+class ResourceError(InfoptError):
+    """A model, dataset or file cannot be reached or is broken."""
+
+
+class NotImplementedTechnique(InfoptError):
+    """A technique has a config but no implementation yet."""

@@ -1,0 +1,1 @@
+"""Scoring: lm-eval on the in-memory model, local task data, token perplexity."""

@@ -1,0 +1,1 @@
+"""Model loading (embedded GGUF, hub, local, tiny random-init) and saving."""

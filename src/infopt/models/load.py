@@ -1,0 +1,180 @@
+"""Load the model under study and its tokenizer: embedded GGUF, hub id, local dir, or tiny.
+
+``resolve`` is cheap and runs before any expensive work, so a model that cannot be reached
+offline fails in a second with the alternatives spelled out.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from infopt.config.schema import ModelConfig
+from infopt.errors import ResourceError
+
+log = logging.getLogger(__name__)
+
+TOKENIZER_CACHE = "tokenizers/smollm2-135m-instruct"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """Where weights and tokenizer come from, decided before loading anything big."""
+
+    weights: str | None  # a directory or hub id; None = random init
+    tokenizer: str  # a directory, hub id, or "embedded"
+    config_source: str | None  # where the architecture config comes from when weights is None
+    notes: tuple[str, ...] = ()
+
+
+def _offline_alternatives(cfg: ModelConfig) -> str:
+    arch = cfg.architecture or "this"
+    return (
+        "alternatives: model=smollm2_135m (embedded, works offline); "
+        "model=hf model.source=local model.name_or_path=/path/to/checkpoint; "
+        f"or model.pretrained=false for the {arch} architecture with random weights"
+    )
+
+
+def _hub_cached(repo_id: str, revision: str | None) -> bool:
+    from huggingface_hub import try_to_load_from_cache
+
+    path = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    return isinstance(path, str)
+
+
+def _hub_reachable(repo_id: str, revision: str | None) -> tuple[bool, str]:
+    if os.environ.get("HF_HUB_OFFLINE") == "1":
+        return False, "HF_HUB_OFFLINE=1"
+    from huggingface_hub import HfApi
+    from huggingface_hub.utils import RepositoryNotFoundError
+
+    try:
+        HfApi().model_info(repo_id, revision=revision, timeout=5)
+    except RepositoryNotFoundError:
+        raise ResourceError(f"model.name_or_path={repo_id!r} does not exist on the Hugging Face hub") from None
+    except Exception as err:  # connection refused, DNS, timeout
+        return False, f"{type(err).__name__}"
+    return True, ""
+
+
+def resolve(cfg: ModelConfig) -> ResolvedModel:
+    if cfg.source == "tiny":
+        return ResolvedModel(None, cfg.tokenizer or "embedded", None)
+    if cfg.source == "embedded":
+        from infopt.models.embedded import gguf_path
+
+        gguf_path()  # raises with install instructions if the package is missing
+        return ResolvedModel("embedded", "embedded", None)
+    name = cfg.name_or_path
+    assert name is not None
+    if cfg.source == "local" or Path(name).expanduser().is_dir():
+        path = Path(name).expanduser()
+        if not (path / "config.json").is_file():
+            raise ResourceError(f"model.name_or_path={name!r}: no config.json in that directory (expected a transformers checkpoint)")
+        return ResolvedModel(str(path) if cfg.pretrained else None, cfg.tokenizer or str(path), str(path))
+    # Hub id.
+    cached = _hub_cached(name, cfg.revision)
+    reachable, why = (True, "") if cached else _hub_reachable(name, cfg.revision)
+    tokenizer = cfg.tokenizer or name
+    if cfg.pretrained:
+        if not (cached or reachable):
+            raise ResourceError(
+                f"model {name!r}: weights are not in the local Hugging Face cache and the hub cannot be reached ({why}); "
+                + _offline_alternatives(cfg)
+            )
+        return ResolvedModel(name, tokenizer, name)
+    # Random weights: the architecture config from the cache/hub, else transformers' defaults.
+    notes: list[str] = []
+    config_source = name if (cached or reachable) else None
+    if config_source is None:
+        if not cfg.architecture:
+            raise ResourceError(f"model {name!r} with pretrained=false: its config is not cached and the hub cannot be reached; set model.architecture (e.g. gpt2, llama)")
+        notes.append(f"config: transformers' default {cfg.architecture} config (hub unreachable)")
+    if not (cached or reachable) and cfg.tokenizer is None:
+        tokenizer = "embedded"
+        notes.append("tokenizer: SmolLM2's (hub unreachable); vocabulary resized to match")
+    return ResolvedModel(None, tokenizer, config_source, tuple(notes))
+
+
+def load_tokenizer(source: str, cache_dir: Path, trust_remote_code: bool = False):
+    from transformers import AutoTokenizer
+
+    if source == "embedded":
+        path = embedded_tokenizer_dir(cache_dir)
+        tok = AutoTokenizer.from_pretrained(str(path))
+    else:
+        tok = AutoTokenizer.from_pretrained(source, trust_remote_code=trust_remote_code)
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    return tok
+
+
+def embedded_tokenizer_dir(cache_dir: Path) -> Path:
+    """SmolLM2's tokenizer, read from the GGUF once and cached (no model conversion needed)."""
+    from infopt.io import atomic_dir
+    from infopt.models.embedded import DONE_MARKER, gguf_path
+
+    model_dir = cache_dir / "models"
+    for candidate in model_dir.glob("smollm2-*"):
+        if (candidate / "tokenizer.json").is_file() and (candidate / DONE_MARKER).is_file():
+            return candidate
+    target = cache_dir / TOKENIZER_CACHE
+    if (target / "tokenizer.json").is_file() and (target / "tokenizer_config.json").is_file():
+        return target
+    from transformers import AutoTokenizer
+
+    gguf = gguf_path()
+    tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    with atomic_dir(target) as tmp:
+        tok.save_pretrained(tmp)
+    return target
+
+
+def _torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}[name]
+
+
+def load_model(cfg: ModelConfig, resolved: ResolvedModel, tokenizer, cache_dir: Path, seed: int = 0):
+    """The model in eval mode, on CPU, in the configured dtype and attention implementation."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    dtype = _torch_dtype(cfg.dtype)
+    kwargs = dict(dtype=dtype, attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code)
+    if cfg.source == "tiny":
+        from infopt.models.tiny import build_tiny
+
+        model = build_tiny(
+            cfg.tiny, vocab_size=len(tokenizer), seed=seed,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        )
+        model.config._attn_implementation = cfg.attn_implementation
+        if dtype != "auto":
+            model = model.to(dtype)
+        return model.eval()
+    if resolved.weights == "embedded":
+        from infopt.models.embedded import cached_checkpoint
+
+        path = cached_checkpoint(cache_dir)
+        return AutoModelForCausalLM.from_pretrained(str(path), **kwargs).eval()
+    if resolved.weights is not None:
+        return AutoModelForCausalLM.from_pretrained(resolved.weights, revision=cfg.revision, use_safetensors=None, **kwargs).eval()
+    # Random init of the architecture.
+    if resolved.config_source is not None:
+        config = AutoConfig.from_pretrained(resolved.config_source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    else:
+        config = AutoConfig.for_model(cfg.architecture)
+    if config.vocab_size != len(tokenizer):
+        config.vocab_size = len(tokenizer)
+    import torch
+
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(config, attn_implementation=cfg.attn_implementation)
+    if dtype != "auto":
+        model = model.to(dtype)
+    return model.eval()

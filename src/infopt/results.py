@@ -1,0 +1,130 @@
+"""The experiment record: results.json, ratios to the baseline, environment, secret redaction.
+
+Metric keys: ``eval/<task>/<metric>``, ``bench/<metric>``, ``technique/<metric>``. Ratios are
+oriented so that higher is better and are named for what they mean: ``recovery`` (quality kept),
+``speedup``, ``compression``, ``memory_reduction``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.metadata
+import json
+import platform
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+SCHEMA_VERSION = 1
+LOWER_IS_BETTER = ("perplexity", "bits_per_byte", "loss", "nll")
+COUNT_KEYS = ("documents", "token_windows", "sample_len")
+PACKAGES = ("torch", "transformers", "lm_eval", "lightning", "hydra-core", "omegaconf", "wandb", "peft", "torchao", "gguf", "compressed-tensors", "accelerate", "infopt")
+
+_SECRET_KEY = re.compile(r"(token|secret|password|passwd|api[_-]?key|auth)", re.I)
+_SECRET_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|[0-9a-f]{40}|ghp_[A-Za-z0-9]{20,}|xox[bap]-[A-Za-z0-9-]{10,})$")
+REDACTED = "***redacted***"
+
+
+def redact(obj: Any) -> Any:
+    """Copy of ``obj`` with secret-looking keys and values replaced (W&B keys, HF tokens, ...)."""
+    if isinstance(obj, dict):
+        out = {}
+        for k, v in obj.items():
+            if isinstance(k, str) and _SECRET_KEY.search(k) and isinstance(v, str) and v and not k.endswith("_tokens"):
+                out[k] = REDACTED
+            else:
+                out[k] = redact(v)
+        return out
+    if isinstance(obj, (list, tuple)):
+        return [redact(v) for v in obj]
+    if isinstance(obj, str) and _SECRET_VALUE.match(obj.strip()):
+        return REDACTED
+    return obj
+
+
+def stable_hash(obj: Any, length: int = 16) -> str:
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
+
+
+def lower_is_better(metric: str) -> bool:
+    return any(word in metric for word in LOWER_IS_BETTER)
+
+
+def _ratio(num: float, den: float) -> float | None:
+    if den == 0 or num is None or den is None:
+        return None
+    return num / den
+
+
+def compute_ratios(baseline: dict[str, dict[str, float]], result: dict[str, dict[str, float]]) -> dict[str, float]:
+    """Result relative to baseline, every ratio oriented so > 1 is better."""
+    ratios: dict[str, float] = {}
+    b_eval, r_eval = baseline.get("eval", {}), result.get("eval", {})
+    for key, value in r_eval.items():
+        if key not in b_eval or key.endswith("_stderr") or key.split("/")[-1] in COUNT_KEYS:
+            continue
+        r = _ratio(b_eval[key], value) if lower_is_better(key) else _ratio(value, b_eval[key])
+        if r is not None:
+            ratios[f"eval/{key}/recovery"] = r
+    b_bench, r_bench = baseline.get("bench", {}), result.get("bench", {})
+    for key, value in r_bench.items():
+        if key not in b_bench or key.endswith(("_min", "_max")) or key.startswith("machine_"):
+            continue
+        base = b_bench[key]
+        if "tokens_per_s" in key and not key.startswith("predicted"):
+            r, name = _ratio(value, base), "speedup"
+        elif "_ms_" in key or key.startswith(("prefill_ms", "e2e_ms")):
+            r, name = _ratio(base, value), "speedup"
+        elif key == "stored_mb":
+            r, name = _ratio(base, value), "compression"
+        elif key == "weight_mb_per_token":
+            r, name = _ratio(base, value), "predicted_speedup"
+        elif key in ("peak_rss_mb", "peak_memory_mb", "working_memory_mb"):
+            r, name = _ratio(base, value), "memory_reduction"
+        elif key == "params":
+            r, name = _ratio(base, value), "reduction"
+        else:
+            continue
+        if r is not None:
+            ratios[f"bench/{key}/{name}"] = r
+    return ratios
+
+
+def package_versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            out[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def git_commit() -> str | None:
+    repo = Path(__file__).resolve().parents[2]
+    try:
+        sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        if sha.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5)
+        return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+
+
+def environment(device_info: dict[str, Any], seed: int) -> dict[str, Any]:
+    return {
+        "packages": package_versions(),
+        "hardware": device_info,
+        "platform": platform.platform(),
+        "git_commit": git_commit(),
+        "seed": seed,
+        "argv": redact(sys.argv[1:]),
+    }
+
+
+def flatten(section: dict[str, dict[str, float]], prefix: str = "") -> dict[str, float]:
+    """{"eval": {"heldout/x": 1}} -> {"<prefix>eval/heldout/x": 1}"""
+    return {f"{prefix}{group}/{k}": v for group, values in section.items() for k, v in values.items()}
