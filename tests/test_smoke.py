@@ -1,0 +1,17 @@
+"""A whole run on each tiny architecture writes a complete results.json."""
+
+import json
+
+import pytest
+
+from conftest import QUICK, run_main
+
+
+@pytest.mark.parametrize("model", ["tiny_llama", "tiny_gpt2"])
+def test_baseline_run_writes_results(model, tmp_path):
+    record = run_main([f"model={model}", *QUICK], tmp_path)
+    on_disk = json.loads((tmp_path / "results.json").read_text())
+    assert on_disk["result"]["bench"]["params"] == record["result"]["bench"]["params"]
+    for section in ("config", "baseline", "result", "ratios", "environment", "technique"):
+        assert section in on_disk
+    assert on_disk["result"]["eval"]["heldout/word_perplexity"] > 1
