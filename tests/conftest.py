@@ -55,10 +55,18 @@ def _tiny(tokenizer, architecture: str):
     from infopt.config.schema import TinyArchConfig
     from infopt.models.tiny import build_tiny
 
-    arch = TinyArchConfig(architecture=architecture, num_kv_heads=2 if architecture == "llama" else 4,
-                          intermediate_size=128 if architecture == "llama" else 256)
-    return build_tiny(arch, vocab_size=len(tokenizer), seed=0, eos_token_id=tokenizer.eos_token_id,
-                      bos_token_id=tokenizer.bos_token_id)
+    arch = TinyArchConfig(
+        architecture=architecture,
+        num_kv_heads=2 if architecture == "llama" else 4,
+        intermediate_size=128 if architecture == "llama" else 256,
+    )
+    return build_tiny(
+        arch,
+        vocab_size=len(tokenizer),
+        seed=0,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
 
 
 @pytest.fixture
@@ -85,7 +93,9 @@ def text_data(tokenizer):
     from infopt.config.schema import DataConfig
     from infopt.data.text import TextData
 
-    return TextData(DataConfig(name="lee_news", source="lee_news", seq_len=64, calibration_samples=8), tokenizer)
+    return TextData(
+        DataConfig(name="lee_news", source="lee_news", seq_len=64, calibration_samples=8), tokenizer
+    )
 
 
 @pytest.fixture
@@ -98,9 +108,19 @@ def run_context(tmp_path, tokenizer, text_data):
     from infopt.tracking import RunLogger
 
     def make(overrides: list[str] | None = None) -> RunContext:
-        cfg = validate_config(compose_config(["model=tiny_llama", *QUICK, *(overrides or [])], tmp_path), check_technique=False)
-        return RunContext(cfg=cfg, tokenizer=tokenizer, data=text_data, output_dir=tmp_path, cache_dir=CACHE_DIR,
-                          device=torch.device("cpu"), logger=RunLogger(cfg.logger, tmp_path))
+        cfg = validate_config(
+            compose_config(["model=tiny_llama", *QUICK, *(overrides or [])], tmp_path),
+            check_technique=False,
+        )
+        return RunContext(
+            cfg=cfg,
+            tokenizer=tokenizer,
+            data=text_data,
+            output_dir=tmp_path,
+            cache_dir=CACHE_DIR,
+            device=torch.device("cpu"),
+            logger=RunLogger(cfg.logger, tmp_path),
+        )
 
     return make
 

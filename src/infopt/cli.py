@@ -61,7 +61,9 @@ def _task(cfg: DictConfig) -> float | None:
 def main() -> None:
     """`python run.py [overrides]`: the Hydra app."""
     if not CONF_DIR.is_dir():
-        _fail(f"config directory {CONF_DIR} not found; run infopt from its repository (pip install -e .)")
+        _fail(
+            f"config directory {CONF_DIR} not found; run infopt from its repository (pip install -e .)"
+        )
     from infopt.config.precheck import precheck
 
     message = precheck(sys.argv[1:], CONF_DIR)

@@ -67,7 +67,9 @@ class Measurer:
         self.cfg, self.tokenizer, self.data, self.cache_dir = cfg, tokenizer, data, cache_dir
         self.notes: list[str] = []
 
-    def __call__(self, model, generate_kwargs: dict[str, Any] | None = None) -> dict[str, dict[str, float]]:
+    def __call__(
+        self, model, generate_kwargs: dict[str, Any] | None = None
+    ) -> dict[str, dict[str, float]]:
         from infopt.bench.measure import measure
         from infopt.evaluation.runner import evaluate
 
@@ -79,10 +81,15 @@ class Measurer:
             if self.cfg.bench.backend != "transformers":
                 from infopt.bench.backends import measure_backend
 
-                bench, notes = measure_backend(model, self.tokenizer, self.cfg, generate_kwargs or {})
+                bench, notes = measure_backend(
+                    model, self.tokenizer, self.cfg, generate_kwargs or {}
+                )
             else:
                 bench, notes = measure(
-                    model, self.cfg.bench, generate_kwargs, prompt_stream=self.data.heldout_stream,
+                    model,
+                    self.cfg.bench,
+                    generate_kwargs,
+                    prompt_stream=self.data.heldout_stream,
                     pad_token_id=self.tokenizer.pad_token_id,
                 )
             self.notes.extend(n for n in notes if n not in self.notes)
@@ -132,7 +139,14 @@ def run_experiment(cfg: DictConfig, job: JobInfo | None = None) -> dict[str, Any
     method = getattr(obj.technique, "method", None)
     if method:
         tags.append(f"method:{method}")
-    logger = make_logger(obj.logger, output_dir, name=run_name, group=obj.logger.group or job.group, tags=tags, config=config_container)
+    logger = make_logger(
+        obj.logger,
+        output_dir,
+        name=run_name,
+        group=obj.logger.group or job.group,
+        tags=tags,
+        config=config_container,
+    )
     exit_code = 1
     try:
         # 2. Load.
@@ -156,11 +170,22 @@ def run_experiment(cfg: DictConfig, job: JobInfo | None = None) -> dict[str, Any
             else:
                 log.info("baseline: measuring")
                 baseline = measurer(model)
-                atomic_write_json(cache_file, {"key": key, "model": obj.model.name, "measurement": baseline})
+                atomic_write_json(
+                    cache_file, {"key": key, "model": obj.model.name, "measurement": baseline}
+                )
 
         # 4. Technique.
-        ctx = RunContext(cfg=obj, tokenizer=tokenizer, data=data, output_dir=output_dir, cache_dir=cache_dir,
-                         device=device, logger=logger, measure=measurer, baseline=baseline)
+        ctx = RunContext(
+            cfg=obj,
+            tokenizer=tokenizer,
+            data=data,
+            output_dir=output_dir,
+            cache_dir=cache_dir,
+            device=device,
+            logger=logger,
+            measure=measurer,
+            baseline=baseline,
+        )
         t = time.perf_counter()
         applied = technique.apply(model, ctx)
         technique_s = time.perf_counter() - t
@@ -181,7 +206,9 @@ def run_experiment(cfg: DictConfig, job: JobInfo | None = None) -> dict[str, Any
         if obj.technique.export not in ("none", "hf"):
             from infopt.export import export_model
 
-            artifacts[obj.technique.export] = str(export_model(obj.technique.export, applied.model, tokenizer, output_dir, applied))
+            artifacts[obj.technique.export] = str(
+                export_model(obj.technique.export, applied.model, tokenizer, output_dir, applied)
+            )
 
         # 7. Record.
         record: dict[str, Any] = {
@@ -198,7 +225,9 @@ def run_experiment(cfg: DictConfig, job: JobInfo | None = None) -> dict[str, Any
                 "status": "complete",
             },
             "config": config_container,
-            "config_hash": stable_hash({k: v for k, v in config_container.items() if k not in ("paths", "logger")}),
+            "config_hash": stable_hash(
+                {k: v for k, v in config_container.items() if k not in ("paths", "logger")}
+            ),
             "baseline_key": key,
             "baseline_cached": baseline_cached,
             "environment": environment(device_info, obj.seed),
@@ -219,8 +248,11 @@ def run_experiment(cfg: DictConfig, job: JobInfo | None = None) -> dict[str, Any
         }
         atomic_write_json(output_dir / "results.json", record)
 
-        summary = {**flatten(result), **{f"ratios/{k}": v for k, v in record["ratios"].items()},
-                   **{f"technique/{k}": v for k, v in applied.metrics.items()}}
+        summary = {
+            **flatten(result),
+            **{f"ratios/{k}": v for k, v in record["ratios"].items()},
+            **{f"technique/{k}": v for k, v in applied.metrics.items()},
+        }
         if baseline:
             summary.update(flatten(baseline, prefix="baseline/"))
         logger.log_summary(summary)

@@ -20,10 +20,26 @@ from typing import Any
 SCHEMA_VERSION = 1
 LOWER_IS_BETTER = ("perplexity", "bits_per_byte", "loss", "nll")
 COUNT_KEYS = ("documents", "token_windows", "sample_len")
-PACKAGES = ("torch", "transformers", "lm_eval", "lightning", "hydra-core", "omegaconf", "wandb", "peft", "torchao", "gguf", "compressed-tensors", "accelerate", "infopt")
+PACKAGES = (
+    "torch",
+    "transformers",
+    "lm_eval",
+    "lightning",
+    "hydra-core",
+    "omegaconf",
+    "wandb",
+    "peft",
+    "torchao",
+    "gguf",
+    "compressed-tensors",
+    "accelerate",
+    "infopt",
+)
 
 _SECRET_KEY = re.compile(r"(token|secret|password|passwd|api[_-]?key|auth)", re.I)
-_SECRET_VALUE = re.compile(r"^(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|[0-9a-f]{40}|ghp_[A-Za-z0-9]{20,}|xox[bap]-[A-Za-z0-9-]{10,})$")
+_SECRET_VALUE = re.compile(
+    r"^(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|[0-9a-f]{40}|ghp_[A-Za-z0-9]{20,}|xox[bap]-[A-Za-z0-9-]{10,})$"
+)
 REDACTED = "***redacted***"
 
 
@@ -32,7 +48,13 @@ def redact(obj: Any) -> Any:
     if isinstance(obj, dict):
         out = {}
         for k, v in obj.items():
-            if isinstance(k, str) and _SECRET_KEY.search(k) and isinstance(v, str) and v and not k.endswith("_tokens"):
+            if (
+                isinstance(k, str)
+                and _SECRET_KEY.search(k)
+                and isinstance(v, str)
+                and v
+                and not k.endswith("_tokens")
+            ):
                 out[k] = REDACTED
             else:
                 out[k] = redact(v)
@@ -45,7 +67,9 @@ def redact(obj: Any) -> Any:
 
 
 def stable_hash(obj: Any, length: int = 16) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[:length]
+    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[
+        :length
+    ]
 
 
 def lower_is_better(metric: str) -> bool:
@@ -58,7 +82,9 @@ def _ratio(num: float, den: float) -> float | None:
     return num / den
 
 
-def compute_ratios(baseline: dict[str, dict[str, float]], result: dict[str, dict[str, float]]) -> dict[str, float]:
+def compute_ratios(
+    baseline: dict[str, dict[str, float]], result: dict[str, dict[str, float]]
+) -> dict[str, float]:
     """Result relative to baseline, every ratio oriented so > 1 is better."""
     ratios: dict[str, float] = {}
     b_eval, r_eval = baseline.get("eval", {}), result.get("eval", {})
@@ -105,10 +131,17 @@ def package_versions() -> dict[str, str]:
 def git_commit() -> str | None:
     repo = Path(__file__).resolve().parents[2]
     try:
-        sha = subprocess.run(["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+        sha = subprocess.run(
+            ["git", "-C", str(repo), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5
+        )
         if sha.returncode != 0:
             return None
-        dirty = subprocess.run(["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True, timeout=5)
+        dirty = subprocess.run(
+            ["git", "-C", str(repo), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+        )
         return sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.TimeoutExpired):
         return None
@@ -127,4 +160,6 @@ def environment(device_info: dict[str, Any], seed: int) -> dict[str, Any]:
 
 def flatten(section: dict[str, dict[str, float]], prefix: str = "") -> dict[str, float]:
     """{"eval": {"heldout/x": 1}} -> {"<prefix>eval/heldout/x": 1}"""
-    return {f"{prefix}{group}/{k}": v for group, values in section.items() for k, v in values.items()}
+    return {
+        f"{prefix}{group}/{k}": v for group, values in section.items() for k, v in values.items()
+    }

@@ -6,7 +6,15 @@ from typing import Any
 
 from infopt.results import COUNT_KEYS
 
-HEADLINE_BENCH = ("stored_mb", "params", "prefill_ms_b1", "decode_tokens_per_s_b1", "decode_tokens_per_s_b8", "peak_rss_mb", "predicted_decode_tokens_per_s_b1")
+HEADLINE_BENCH = (
+    "stored_mb",
+    "params",
+    "prefill_ms_b1",
+    "decode_tokens_per_s_b1",
+    "decode_tokens_per_s_b8",
+    "peak_rss_mb",
+    "predicted_decode_tokens_per_s_b1",
+)
 
 
 def _fmt(v: Any) -> str:
@@ -24,17 +32,34 @@ def rows(record: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     res = record.get("result") or {}
     ratios = record.get("ratios") or {}
     out = []
-    for key in sorted((res.get("eval") or {})):
+    for key in sorted(res.get("eval") or {}):
         if key.endswith("_stderr") or key.split("/")[-1] in COUNT_KEYS:
             continue
         ratio = ratios.get(f"eval/{key}/recovery")
-        out.append((f"eval/{key}", _fmt((base.get("eval") or {}).get(key)), _fmt(res["eval"][key]), f"recovery {ratio:.3f}" if ratio else ""))
+        out.append(
+            (
+                f"eval/{key}",
+                _fmt((base.get("eval") or {}).get(key)),
+                _fmt(res["eval"][key]),
+                f"recovery {ratio:.3f}" if ratio else "",
+            )
+        )
     bench = res.get("bench") or {}
     for key in HEADLINE_BENCH:
         if key not in bench:
             continue
-        ratio = next((f"{name} {v:.2f}x" for k, v in ratios.items() for name in [k.rsplit("/", 1)[-1]] if k.startswith(f"bench/{key}/")), "")
-        out.append((f"bench/{key}", _fmt((base.get("bench") or {}).get(key)), _fmt(bench[key]), ratio))
+        ratio = next(
+            (
+                f"{name} {v:.2f}x"
+                for k, v in ratios.items()
+                for name in [k.rsplit("/", 1)[-1]]
+                if k.startswith(f"bench/{key}/")
+            ),
+            "",
+        )
+        out.append(
+            (f"bench/{key}", _fmt((base.get("bench") or {}).get(key)), _fmt(bench[key]), ratio)
+        )
     for key, value in sorted((record.get("technique") or {}).get("metrics", {}).items()):
         out.append((f"technique/{key}", "", _fmt(value), ""))
     return out

@@ -41,7 +41,16 @@ class RunLogger:
 
 
 class WandbLogger(RunLogger):
-    def __init__(self, cfg: LoggerConfig, output_dir: Path, *, name: str, group: str | None, tags: list[str], config: dict[str, Any]) -> None:
+    def __init__(
+        self,
+        cfg: LoggerConfig,
+        output_dir: Path,
+        *,
+        name: str,
+        group: str | None,
+        tags: list[str],
+        config: dict[str, Any],
+    ) -> None:
         super().__init__(cfg, output_dir)
         import wandb
 
@@ -137,7 +146,15 @@ class TensorboardLogger(RunLogger):
         self.writer.close()
 
 
-def make_logger(cfg: LoggerConfig, output_dir: Path, *, name: str, group: str | None, tags: list[str], config: dict[str, Any]) -> RunLogger:
+def make_logger(
+    cfg: LoggerConfig,
+    output_dir: Path,
+    *,
+    name: str,
+    group: str | None,
+    tags: list[str],
+    config: dict[str, Any],
+) -> RunLogger:
     if cfg.name == "wandb" and cfg.mode != "disabled":
         return WandbLogger(cfg, output_dir, name=name, group=group, tags=tags, config=config)
     if cfg.name == "csv":

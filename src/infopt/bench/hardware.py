@@ -40,7 +40,9 @@ def device_description(device: torch.device) -> dict[str, str | int | float]:
         pass
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
-        info["gpu_memory_gb"] = round(torch.cuda.get_device_properties(device).total_memory / 2**30, 1)
+        info["gpu_memory_gb"] = round(
+            torch.cuda.get_device_properties(device).total_memory / 2**30, 1
+        )
     return info
 
 
@@ -59,7 +61,9 @@ def probe(device_str: str = "cpu", dtype_str: str = "float32") -> dict[str, floa
     device = torch.device(device_str)
     dtype = getattr(torch, dtype_str)
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    n = 64 * 2**20 // 4 if device.type == "cpu" else 512 * 2**20 // 4  # 64 MiB of fp32 on CPU (well past caches)
+    n = (
+        64 * 2**20 // 4 if device.type == "cpu" else 512 * 2**20 // 4
+    )  # 64 MiB of fp32 on CPU (well past caches)
     src = torch.ones(n, device=device)
     dst = torch.empty_like(src)
 

@@ -81,7 +81,9 @@ def _time(fn: Callable[[], Any], warmup: int, repeats: int, device: torch.device
     return out
 
 
-def make_prompts(token_stream: torch.Tensor | None, batch: int, length: int, vocab_size: int, seed: int = 0) -> torch.Tensor:
+def make_prompts(
+    token_stream: torch.Tensor | None, batch: int, length: int, vocab_size: int, seed: int = 0
+) -> torch.Tensor:
     """(batch, length) real-text prompts from consecutive slices of ``token_stream`` (random ids if none)."""
     if token_stream is not None and token_stream.numel() >= batch * length:
         return token_stream[: batch * length].view(batch, length).clone()
@@ -126,14 +128,24 @@ def measure(
         for b in cfg.batch_sizes:
             prompts = make_prompts(prompt_stream, b, cfg.prompt_tokens, vocab).to(device)
             mask = torch.ones_like(prompts)
-            prefill = _time(lambda: model(input_ids=prompts, attention_mask=mask), cfg.warmup, cfg.repeats, device)  # noqa: B023
+            prefill = _time(
+                lambda: model(input_ids=prompts, attention_mask=mask),
+                cfg.warmup,
+                cfg.repeats,
+                device,
+            )  # noqa: B023
             out[f"prefill_ms_b{b}"] = 1e3 * statistics.median(prefill)
             out[f"prefill_tokens_per_s_b{b}"] = b * cfg.prompt_tokens / statistics.median(prefill)
 
             def gen(n: int) -> None:
                 model.generate(
-                    input_ids=prompts, attention_mask=mask, max_new_tokens=n, min_new_tokens=n,  # noqa: B023
-                    do_sample=False, pad_token_id=pad_token_id, **extra,
+                    input_ids=prompts,
+                    attention_mask=mask,
+                    max_new_tokens=n,
+                    min_new_tokens=n,  # noqa: B023
+                    do_sample=False,
+                    pad_token_id=pad_token_id,
+                    **extra,
                 )
 
             try:

@@ -11,7 +11,9 @@ from infopt.errors import ConfigError
 def choice(key: str, value: Any, choices: Iterable[Any]) -> None:
     choices = list(choices)
     if value not in choices:
-        raise ConfigError(f"{key}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}")
+        raise ConfigError(
+            f"{key}={value!r} is not valid; choose one of: {', '.join(map(str, choices))}"
+        )
 
 
 def in_range(
@@ -24,9 +26,8 @@ def in_range(
     hi_open: bool = False,
 ) -> None:
     """Check lo <= value <= hi (or strict where *_open); None means unbounded."""
-    bad = (
-        (lo is not None and (value < lo or (lo_open and value == lo)))
-        or (hi is not None and (value > hi or (hi_open and value == hi)))
+    bad = (lo is not None and (value < lo or (lo_open and value == lo))) or (
+        hi is not None and (value > hi or (hi_open and value == hi))
     )
     if bad:
         left = "(" if lo_open else "["

@@ -16,7 +16,22 @@ from omegaconf.errors import OmegaConfBaseException
 from infopt.errors import InfoptError
 
 # Flags after which Hydra does not run the task (help, config printing) or that we leave alone.
-_NO_TASK_FLAGS = ("--help", "-h", "--hydra-help", "--cfg", "-c", "--info", "-i", "--shell-completion", "-sc", "--version", "--resolve", "--package", "-p", "--experimental-rerun")
+_NO_TASK_FLAGS = (
+    "--help",
+    "-h",
+    "--hydra-help",
+    "--cfg",
+    "-c",
+    "--info",
+    "-i",
+    "--shell-completion",
+    "-sc",
+    "--version",
+    "--resolve",
+    "--package",
+    "-p",
+    "--experimental-rerun",
+)
 _MAX_COMBINATIONS = 64
 
 
@@ -79,7 +94,16 @@ def one_line(err: BaseException) -> str:
         detail = str(cause).splitlines()[0]
         valid = _valid_keys(cause)
         return f"{head} {detail}{valid}".strip()
-    detail = next((ln for ln in lines[1:] if not ln.startswith(("full_key", "reference_type", "object_type", "To append", "Set the environment"))), "")
+    detail = next(
+        (
+            ln
+            for ln in lines[1:]
+            if not ln.startswith(
+                ("full_key", "reference_type", "object_type", "To append", "Set the environment")
+            )
+        ),
+        "",
+    )
     return f"{head} {detail}".strip()
 
 

@@ -47,11 +47,15 @@ def _read_text_file(path: Path, text_field: str) -> list[str]:
             try:
                 docs.append(json.loads(line)[text_field])
             except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise ResourceError(f"{path}:{i + 1}: expected a JSON object with a {text_field!r} field ({err})") from None
+                raise ResourceError(
+                    f"{path}:{i + 1}: expected a JSON object with a {text_field!r} field ({err})"
+                ) from None
         return docs
     if path.suffix in (".txt", ".md", ".cor"):
         return [block.strip() for block in path.read_text().split("\n\n") if block.strip()]
-    raise ConfigError(f"data.files: {path.name} has suffix {path.suffix!r}; supported: .txt, .md, .jsonl")
+    raise ConfigError(
+        f"data.files: {path.name} has suffix {path.suffix!r}; supported: .txt, .md, .jsonl"
+    )
 
 
 def load_documents(cfg: DataConfig) -> list[str]:
@@ -71,9 +75,13 @@ def _load_hub_documents(cfg: DataConfig) -> list[str]:
     try:
         import datasets
     except ImportError as err:
-        raise ResourceError("data.source=hub needs the `datasets` package: pip install datasets") from err
+        raise ResourceError(
+            "data.source=hub needs the `datasets` package: pip install datasets"
+        ) from err
     try:
-        ds = datasets.load_dataset(cfg.hub_path, cfg.hub_name, split="train", streaming=cfg.max_docs is not None)
+        ds = datasets.load_dataset(
+            cfg.hub_path, cfg.hub_name, split="train", streaming=cfg.max_docs is not None
+        )
     except Exception as err:
         raise ResourceError(
             f"dataset {cfg.hub_path}/{cfg.hub_name} could not be loaded ({type(err).__name__}: {str(err)[:200]}); offline, "

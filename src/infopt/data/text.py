@@ -35,7 +35,9 @@ class TextData:
     def heldout_stream(self) -> torch.Tensor:
         return tokenize_stream(self.tokenizer, self.corpus.heldout)
 
-    def calibration_blocks(self, count: int | None = None, seq_len: int | None = None, seed: int | None = None) -> torch.Tensor:
+    def calibration_blocks(
+        self, count: int | None = None, seq_len: int | None = None, seed: int | None = None
+    ) -> torch.Tensor:
         """(count, seq_len) windows from the calibration documents (falls back to train if too short)."""
         count = count or self.cfg.calibration_samples
         seq_len = seq_len or self.cfg.seq_len

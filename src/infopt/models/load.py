@@ -54,7 +54,9 @@ def _hub_reachable(repo_id: str, revision: str | None) -> tuple[bool, str]:
     try:
         HfApi().model_info(repo_id, revision=revision, timeout=5)
     except RepositoryNotFoundError:
-        raise ResourceError(f"model.name_or_path={repo_id!r} does not exist on the Hugging Face hub") from None
+        raise ResourceError(
+            f"model.name_or_path={repo_id!r} does not exist on the Hugging Face hub"
+        ) from None
     except Exception as err:  # connection refused, DNS, timeout
         return False, f"{type(err).__name__}"
     return True, ""
@@ -73,8 +75,12 @@ def resolve(cfg: ModelConfig) -> ResolvedModel:
     if cfg.source == "local" or Path(name).expanduser().is_dir():
         path = Path(name).expanduser()
         if not (path / "config.json").is_file():
-            raise ResourceError(f"model.name_or_path={name!r}: no config.json in that directory (expected a transformers checkpoint)")
-        return ResolvedModel(str(path) if cfg.pretrained else None, cfg.tokenizer or str(path), str(path))
+            raise ResourceError(
+                f"model.name_or_path={name!r}: no config.json in that directory (expected a transformers checkpoint)"
+            )
+        return ResolvedModel(
+            str(path) if cfg.pretrained else None, cfg.tokenizer or str(path), str(path)
+        )
     # Hub id.
     cached = _hub_cached(name, cfg.revision)
     reachable, why = (True, "") if cached else _hub_reachable(name, cfg.revision)
@@ -91,7 +97,9 @@ def resolve(cfg: ModelConfig) -> ResolvedModel:
     config_source = name if (cached or reachable) else None
     if config_source is None:
         if not cfg.architecture:
-            raise ResourceError(f"model {name!r} with pretrained=false: its config is not cached and the hub cannot be reached; set model.architecture (e.g. gpt2, llama)")
+            raise ResourceError(
+                f"model {name!r} with pretrained=false: its config is not cached and the hub cannot be reached; set model.architecture (e.g. gpt2, llama)"
+            )
         notes.append(f"config: transformers' default {cfg.architecture} config (hub unreachable)")
     if not (cached or reachable) and cfg.tokenizer is None:
         tokenizer = "embedded"
@@ -136,21 +144,35 @@ def embedded_tokenizer_dir(cache_dir: Path) -> Path:
 def _torch_dtype(name: str):
     import torch
 
-    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}[name]
+    return {
+        "float32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "float16": torch.float16,
+        "auto": "auto",
+    }[name]
 
 
-def load_model(cfg: ModelConfig, resolved: ResolvedModel, tokenizer, cache_dir: Path, seed: int = 0):
+def load_model(
+    cfg: ModelConfig, resolved: ResolvedModel, tokenizer, cache_dir: Path, seed: int = 0
+):
     """The model in eval mode, on CPU, in the configured dtype and attention implementation."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     dtype = _torch_dtype(cfg.dtype)
-    kwargs = dict(dtype=dtype, attn_implementation=cfg.attn_implementation, trust_remote_code=cfg.trust_remote_code)
+    kwargs = dict(
+        dtype=dtype,
+        attn_implementation=cfg.attn_implementation,
+        trust_remote_code=cfg.trust_remote_code,
+    )
     if cfg.source == "tiny":
         from infopt.models.tiny import build_tiny
 
         model = build_tiny(
-            cfg.tiny, vocab_size=len(tokenizer), seed=seed,
-            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            cfg.tiny,
+            vocab_size=len(tokenizer),
+            seed=seed,
+            bos_token_id=tokenizer.bos_token_id,
+            eos_token_id=tokenizer.eos_token_id,
         )
         model.config._attn_implementation = cfg.attn_implementation
         if dtype != "auto":
@@ -162,10 +184,14 @@ def load_model(cfg: ModelConfig, resolved: ResolvedModel, tokenizer, cache_dir: 
         path = cached_checkpoint(cache_dir)
         return AutoModelForCausalLM.from_pretrained(str(path), **kwargs).eval()
     if resolved.weights is not None:
-        return AutoModelForCausalLM.from_pretrained(resolved.weights, revision=cfg.revision, use_safetensors=None, **kwargs).eval()
+        return AutoModelForCausalLM.from_pretrained(
+            resolved.weights, revision=cfg.revision, use_safetensors=None, **kwargs
+        ).eval()
     # Random init of the architecture.
     if resolved.config_source is not None:
-        config = AutoConfig.from_pretrained(resolved.config_source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+        config = AutoConfig.from_pretrained(
+            resolved.config_source, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+        )
     else:
         config = AutoConfig.for_model(cfg.architecture)
     if config.vocab_size != len(tokenizer):
@@ -174,7 +200,9 @@ def load_model(cfg: ModelConfig, resolved: ResolvedModel, tokenizer, cache_dir: 
 
     with torch.random.fork_rng():
         torch.manual_seed(seed)
-        model = AutoModelForCausalLM.from_config(config, attn_implementation=cfg.attn_implementation)
+        model = AutoModelForCausalLM.from_config(
+            config, attn_implementation=cfg.attn_implementation
+        )
     if dtype != "auto":
         model = model.to(dtype)
     return model.eval()

@@ -12,7 +12,12 @@ from transformers import GPT2Config, GPT2LMHeadModel, LlamaConfig, LlamaForCausa
 from infopt.config.schema import TinyArchConfig
 
 
-def tiny_config(arch: TinyArchConfig, vocab_size: int, bos_token_id: int | None = None, eos_token_id: int | None = None):
+def tiny_config(
+    arch: TinyArchConfig,
+    vocab_size: int,
+    bos_token_id: int | None = None,
+    eos_token_id: int | None = None,
+):
     if arch.architecture == "llama":
         return LlamaConfig(
             vocab_size=vocab_size,
@@ -42,7 +47,9 @@ def tiny_config(arch: TinyArchConfig, vocab_size: int, bos_token_id: int | None 
     raise ValueError(f"unknown tiny architecture {arch.architecture!r}")
 
 
-def build_tiny(arch: TinyArchConfig, vocab_size: int, seed: int = 0, **token_ids) -> PreTrainedModel:
+def build_tiny(
+    arch: TinyArchConfig, vocab_size: int, seed: int = 0, **token_ids
+) -> PreTrainedModel:
     """Random init, deterministic for a seed."""
     config = tiny_config(arch, vocab_size, **token_ids)
     with torch.random.fork_rng():

@@ -41,14 +41,27 @@ def register(name: str, *, config: str, impl: str | None, family: str) -> None:
 
 
 # One line per technique. Keep config modules light: they are imported at start-up.
-register("baseline", config="infopt.techniques.baseline:BaselineConfig", impl="infopt.techniques.baseline:Baseline", family="baseline")
-register("quantize", config="infopt.config.schema:TechniqueConfig", impl=None, family="quantization")
+register(
+    "baseline",
+    config="infopt.techniques.baseline:BaselineConfig",
+    impl="infopt.techniques.baseline:Baseline",
+    family="baseline",
+)
+register(
+    "quantize", config="infopt.config.schema:TechniqueConfig", impl=None, family="quantization"
+)
 register("prune", config="infopt.config.schema:TechniqueConfig", impl=None, family="pruning")
 register("distill", config="infopt.config.schema:TechniqueConfig", impl=None, family="distillation")
-register("attention", config="infopt.config.schema:TechniqueConfig", impl=None, family="architecture")
-register("kv_cache", config="infopt.config.schema:TechniqueConfig", impl=None, family="architecture")
+register(
+    "attention", config="infopt.config.schema:TechniqueConfig", impl=None, family="architecture"
+)
+register(
+    "kv_cache", config="infopt.config.schema:TechniqueConfig", impl=None, family="architecture"
+)
 register("compile", config="infopt.config.schema:TechniqueConfig", impl=None, family="architecture")
-register("speculative", config="infopt.config.schema:TechniqueConfig", impl=None, family="architecture")
+register(
+    "speculative", config="infopt.config.schema:TechniqueConfig", impl=None, family="architecture"
+)
 register("pipeline", config="infopt.config.schema:TechniqueConfig", impl=None, family="study")
 
 
@@ -62,7 +75,9 @@ def implemented() -> list[str]:
 
 def spec(name: str) -> TechniqueSpec:
     if name not in _SPECS:
-        raise ConfigError(f"technique.name={name!r} is not a registered technique; choose one of: {', '.join(names())}")
+        raise ConfigError(
+            f"technique.name={name!r} is not a registered technique; choose one of: {', '.join(names())}"
+        )
     return _SPECS[name]
 
 
