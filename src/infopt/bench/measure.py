@@ -107,6 +107,48 @@ def static_costs(model: nn.Module) -> dict[str, float]:
     }
 
 
+def _measure_batch(
+    model: nn.Module,
+    prompts: torch.Tensor,
+    cfg: BenchConfig,
+    device: torch.device,
+    generate_kwargs: dict[str, Any],
+) -> dict[str, float]:
+    """Prefill and decode numbers at one batch size (keys end in ``_b<batch>``)."""
+    b = prompts.shape[0]
+    mask = torch.ones_like(prompts)
+
+    def gen(n: int) -> None:
+        model.generate(
+            input_ids=prompts,
+            attention_mask=mask,
+            max_new_tokens=n,
+            min_new_tokens=n,
+            do_sample=False,
+            **generate_kwargs,
+        )
+
+    prefill = statistics.median(
+        _time(
+            lambda: model(input_ids=prompts, attention_mask=mask), cfg.warmup, cfg.repeats, device
+        )
+    )
+    one = statistics.median(_time(lambda: gen(1), cfg.warmup, cfg.repeats, device))
+    full = _time(lambda: gen(cfg.new_tokens), cfg.warmup, cfg.repeats, device)
+    steps = max(cfg.new_tokens - 1, 1)
+    decode = [max(t - one, 1e-9) for t in full]
+    med = statistics.median(decode)
+    return {
+        f"prefill_ms_b{b}": 1e3 * prefill,
+        f"prefill_tokens_per_s_b{b}": b * cfg.prompt_tokens / prefill,
+        f"decode_tokens_per_s_b{b}": b * steps / med,
+        f"decode_ms_per_token_b{b}": 1e3 * med / steps,
+        f"decode_tokens_per_s_b{b}_min": b * steps / max(decode),
+        f"decode_tokens_per_s_b{b}_max": b * steps / min(decode),
+        f"e2e_ms_b{b}": 1e3 * statistics.median(full),
+    }
+
+
 @torch.inference_mode()
 def measure(
     model: nn.Module,
@@ -127,41 +169,14 @@ def measure(
     with PeakMemory(device) as mem:
         for b in cfg.batch_sizes:
             prompts = make_prompts(prompt_stream, b, cfg.prompt_tokens, vocab).to(device)
-            mask = torch.ones_like(prompts)
-            prefill = _time(
-                lambda: model(input_ids=prompts, attention_mask=mask),
-                cfg.warmup,
-                cfg.repeats,
-                device,
-            )  # noqa: B023
-            out[f"prefill_ms_b{b}"] = 1e3 * statistics.median(prefill)
-            out[f"prefill_tokens_per_s_b{b}"] = b * cfg.prompt_tokens / statistics.median(prefill)
-
-            def gen(n: int) -> None:
-                model.generate(
-                    input_ids=prompts,
-                    attention_mask=mask,
-                    max_new_tokens=n,
-                    min_new_tokens=n,  # noqa: B023
-                    do_sample=False,
-                    pad_token_id=pad_token_id,
-                    **extra,
-                )
-
             try:
-                one = statistics.median(_time(lambda: gen(1), cfg.warmup, cfg.repeats, device))
-                full = _time(lambda: gen(cfg.new_tokens), cfg.warmup, cfg.repeats, device)
+                out.update(
+                    _measure_batch(
+                        model, prompts, cfg, device, dict(extra, pad_token_id=pad_token_id)
+                    )
+                )
             except ValueError as err:  # e.g. assisted generation supports batch 1 only
                 notes.append(f"decode at batch {b} skipped: {err}")
-                continue
-            steps = max(cfg.new_tokens - 1, 1)
-            decode = [max(t - one, 1e-9) for t in full]
-            med = statistics.median(decode)
-            out[f"decode_tokens_per_s_b{b}"] = b * steps / med
-            out[f"decode_ms_per_token_b{b}"] = 1e3 * med / steps
-            out[f"decode_tokens_per_s_b{b}_min"] = b * steps / max(decode)
-            out[f"decode_tokens_per_s_b{b}_max"] = b * steps / min(decode)
-            out[f"e2e_ms_b{b}"] = 1e3 * statistics.median(full)
     if device.type == "cuda":
         out["peak_memory_mb"] = mem.peak / MB
     else:
