@@ -205,6 +205,30 @@ class PathsConfig:
     cache_dir: str = MISSING  # converted models, baselines, eval data, teacher logits
 
 
+OBJECTIVE_PREFIXES = ("eval/", "bench/", "ratios/", "technique/")
+
+
+@dataclass
+class ObjectiveConfig:
+    """The number each job returns to a search sweeper (hydra/sweeper=optuna); also in results.json."""
+
+    metric: str = "ratios/eval/heldout/word_perplexity/recovery"  # a summary key: eval/..., bench/..., ratios/..., technique/...
+    direction: str = "maximize"  # maximize | minimize (keep hydra.sweeper.direction the same)
+    # Upper bounds on summary keys, e.g. {bench/stored_mb: 300, bench/decode_ms_per_token_b1: 50}.
+    budget: dict[str, float] = field(default_factory=dict)
+    # Value of an over-budget job, minus (maximize) or plus (minimize) its relative excess, so a
+    # search still learns which way the budget lies. None: -1 for maximize, 1e6 for minimize.
+    penalty: Optional[float] = None
+
+    def validate(self) -> None:
+        choice("objective.direction", self.direction, ("maximize", "minimize"))
+        for key in (self.metric, *self.budget):
+            if not key.startswith(OBJECTIVE_PREFIXES):
+                raise ConfigError(f"objective key {key!r} must start with one of: {', '.join(OBJECTIVE_PREFIXES)} (a results summary key)")
+        for key, limit in self.budget.items():
+            positive(f"objective.budget.{key}", limit)
+
+
 @dataclass
 class InfoptConfig:
     model: ModelConfig = MISSING
@@ -220,7 +244,9 @@ class InfoptConfig:
     use_baseline_cache: bool = True  # reuse a baseline measured with the same model/data/eval/bench/hardware
     skip_baseline: bool = False  # no baseline (no ratios): for quick smoke runs
     experiment: Optional[str] = None  # set by experiment configs: which study this run belongs to
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # what a search sweeper optimises
+    skip_completed: bool = True  # a job whose output dir holds results.json with the same config is not run again
 
     def validate(self) -> None:
-        for section in (self.model, self.hardware, self.data, self.eval, self.bench, self.logger, self.technique):
+        for section in (self.model, self.hardware, self.data, self.eval, self.bench, self.logger, self.technique, self.objective):
             section.validate()

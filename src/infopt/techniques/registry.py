@@ -49,7 +49,8 @@ register("attention", config="infopt.config.schema:TechniqueConfig", impl=None, 
 register("kv_cache", config="infopt.config.schema:TechniqueConfig", impl=None, family="architecture")
 register("compile", config="infopt.config.schema:TechniqueConfig", impl=None, family="architecture")
 register("speculative", config="infopt.config.schema:TechniqueConfig", impl=None, family="architecture")
-register("pipeline", config="infopt.config.schema:TechniqueConfig", impl=None, family="study")
+register("pipeline", config="infopt.techniques.pipeline_config:PipelineConfig", impl="infopt.techniques.pipeline:Pipeline", family="study")
+register("layer_sensitivity", config="infopt.studies.layer_sensitivity_config:LayerSensitivityConfig", impl="infopt.studies.layer_sensitivity:LayerSensitivity", family="study")
 
 
 def names() -> list[str]:
