@@ -13,7 +13,7 @@ register_toys()
 # Token perplexity only, batch 1: each stage's eval + bench in well under a second on a tiny model.
 FAST = [*QUICK, "eval.tasks=[]", "eval.token_perplexity_window=64", "bench.batch_sizes=[1]"]
 
-SCALE_THEN_HALF = "technique.stages=[{name:toy_scale,factor:0.5},{name:toy_scale,factor:1.0,half:true}]"
+SCALE_THEN_HALF = "technique.stages=[{name:toy_scale,factor:0.5,half:false},{name:toy_scale,factor:1.0,half:true}]"
 
 
 def test_pipeline_records_each_stage_and_cumulative_ratios(tmp_path):
@@ -41,7 +41,7 @@ def test_pipeline_records_each_stage_and_cumulative_ratios(tmp_path):
 
 
 def test_reverse_applies_stages_in_the_other_order(tmp_path):
-    stages = "technique.stages=[{name:toy_scale,factor:0.5},{name:baseline}]"
+    stages = "technique.stages=[{name:toy_scale,factor:0.5,half:false},{name:baseline}]"
     record = run_main(["model=tiny_llama", *FAST, "technique=pipeline", stages, "technique.reverse=true",
                        "technique.measure_stages=false"], tmp_path)
     assert [(s["name"], s["index"]) for s in record["stages"]] == [("baseline", 1), ("toy_scale", 0)]

@@ -19,7 +19,7 @@ from infopt.techniques.base import Applied, Technique
 class ToyScaleConfig(TechniqueConfig):
     name: str = "toy_scale"
     factor: float = 0.5  # multiplies every Linear/Conv1D weight
-    half: bool = False  # cast the model to bfloat16 (stored size halves)
+    half: bool = True  # cast the model to bfloat16 (stored size halves)
 
     def validate(self) -> None:
         super().validate()
