@@ -100,8 +100,13 @@ def baseline_points(rows: list[dict[str, Any]], cost: str) -> list[dict[str, Any
 def pareto_points(rows: list[dict[str, Any]], cost: str) -> list[dict[str, Any]]:
     """Runs plus their baselines (once each), every point with ``is_baseline`` and ``pareto`` set."""
     points = [dict(r, is_baseline=r.get("technique") == "baseline") for r in rows]
-    measured = {p.get("baseline_key") for p in points if p["is_baseline"]}
-    points += [dict(b, is_baseline=True) for b in baseline_points(rows, cost) if b["baseline_key"] not in measured]
+    # A baseline is drawn once per distinct point: measured on two machines, it has one size.
+    seen = {(p.get("model"), p.get("quality"), p.get(cost)) for p in points if p["is_baseline"]}
+    seen |= {p.get("baseline_key") for p in points if p["is_baseline"]}
+    for b in baseline_points(rows, cost):
+        if b["baseline_key"] not in seen and (b["model"], b["quality"], b[cost]) not in seen:
+            seen |= {b["baseline_key"], (b["model"], b["quality"], b[cost])}
+            points.append(dict(b, is_baseline=True))
     higher = rows[0]["higher_is_better"] if rows else True
     mask = pareto_mask([p.get(cost) for p in points], [p.get("quality") for p in points], higher)
     for p, m in zip(points, mask, strict=True):
