@@ -16,7 +16,7 @@ PARTS = ("block", "attn", "mlp")
 class LayerSensitivityConfig(TechniqueConfig):
     name: str = "layer_sensitivity"
     # The technique applied one layer at a time: a technique node, e.g. {name: quantize, bits: 4}.
-    inner: dict[str, Any] = field(default_factory=dict)
+    inner: Any = None
     # What is swapped in per layer: block (the whole decoder layer), attn, mlp (its sub-modules).
     parts: list[str] = field(default_factory=lambda: ["block"])
     eval_blocks: int = 8  # held-out windows scored per layer (the loss is the mean token NLL over them)
