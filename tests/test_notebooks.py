@@ -21,9 +21,28 @@ def tiny_results(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny_results")
     run_main(["model=tiny_llama", *FAST], root / "baseline")
     for reverse in ("false", "true"):
-        run_main(["model=tiny_llama", *FAST, "technique=pipeline", STAGES, f"technique.reverse={reverse}"], root / f"order_{reverse}")
-    run_main(["model=tiny_llama", *FAST, "technique=layer_sensitivity", "technique.inner={name:toy_scale,factor:0.3,half:false}",
-              "technique.parts=[block,mlp]", "technique.eval_blocks=2", "technique.seq_len=32"], root / "layers")
+        run_main(
+            [
+                "model=tiny_llama",
+                *FAST,
+                "technique=pipeline",
+                STAGES,
+                f"technique.reverse={reverse}",
+            ],
+            root / f"order_{reverse}",
+        )
+    run_main(
+        [
+            "model=tiny_llama",
+            *FAST,
+            "technique=layer_sensitivity",
+            "technique.inner={name:toy_scale,factor:0.3,half:false}",
+            "technique.parts=[block,mlp]",
+            "technique.eval_blocks=2",
+            "technique.seq_len=32",
+        ],
+        root / "layers",
+    )
     return root
 
 
@@ -34,7 +53,9 @@ def test_notebook_is_stored_without_outputs(path):
     nb = nbformat.read(path, as_version=4)
     for cell in nb.cells:
         if cell.cell_type == "code":
-            assert not cell.outputs and cell.execution_count is None, f"{path.name}: strip outputs before committing"
+            assert not cell.outputs and cell.execution_count is None, (
+                f"{path.name}: strip outputs before committing"
+            )
 
 
 @pytest.mark.parametrize("path", NOTEBOOKS, ids=[p.stem for p in NOTEBOOKS])
@@ -43,8 +64,18 @@ def test_notebook_executes_on_tiny_results(path, tiny_results, monkeypatch):
     from nbclient import NotebookClient
 
     monkeypatch.setenv("INFOPT_RESULTS", str(tiny_results))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")]))
+    monkeypatch.setenv(
+        "PYTHONPATH", os.pathsep.join([str(REPO / "src"), os.environ.get("PYTHONPATH", "")])
+    )
     nb = nbformat.read(path, as_version=4)
-    NotebookClient(nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}).execute()
-    images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if "image/png" in o.get("data", {})]
+    NotebookClient(
+        nb, timeout=120, kernel_name="python3", resources={"metadata": {"path": str(REPO)}}
+    ).execute()
+    images = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if "image/png" in o.get("data", {})
+    ]
     assert images, f"{path.name} drew no figure"

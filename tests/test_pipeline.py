@@ -22,7 +22,9 @@ def test_pipeline_records_each_stage_and_cumulative_ratios(tmp_path):
     assert [s["name"] for s in stages] == ["toy_scale", "toy_scale"]
     assert [s["step"] for s in stages] == [1, 2]
     for s in stages:
-        assert s["result"]["eval"] and s["result"]["bench"], "each stage is evaluated and benchmarked"
+        assert s["result"]["eval"] and s["result"]["bench"], (
+            "each stage is evaluated and benchmarked"
+        )
     # The last stage's measurement is the run's result (measured once, not twice).
     assert record["result"] == stages[-1]["result"]
     assert stages[-1]["ratios"]["cumulative"] == record["ratios"]
@@ -36,16 +38,32 @@ def test_pipeline_records_each_stage_and_cumulative_ratios(tmp_path):
     for key in (comp, ppl):
         product = math.prod(s["ratios"]["stage"][key] for s in stages)
         assert stages[-1]["ratios"]["cumulative"][key] == pytest.approx(product, rel=1e-9)
-    assert record["technique"]["notes"][0] == "pipeline order: toy_scale (dense) -> toy_scale (dense)"
+    assert (
+        record["technique"]["notes"][0] == "pipeline order: toy_scale (dense) -> toy_scale (dense)"
+    )
     assert "stage1_toy_scale/scaled_modules" in record["technique"]["metrics"]
 
 
 def test_reverse_applies_stages_in_the_other_order(tmp_path):
     stages = "technique.stages=[{name:toy_scale,factor:0.5,half:false},{name:baseline}]"
-    record = run_main(["model=tiny_llama", *FAST, "technique=pipeline", stages, "technique.reverse=true",
-                       "technique.measure_stages=false"], tmp_path)
-    assert [(s["name"], s["index"]) for s in record["stages"]] == [("baseline", 1), ("toy_scale", 0)]
-    assert record["stages"][0]["result"] is None, "measure_stages=false measures only the last stage"
+    record = run_main(
+        [
+            "model=tiny_llama",
+            *FAST,
+            "technique=pipeline",
+            stages,
+            "technique.reverse=true",
+            "technique.measure_stages=false",
+        ],
+        tmp_path,
+    )
+    assert [(s["name"], s["index"]) for s in record["stages"]] == [
+        ("baseline", 1),
+        ("toy_scale", 0),
+    ]
+    assert record["stages"][0]["result"] is None, (
+        "measure_stages=false measures only the last stage"
+    )
 
 
 def _precheck(overrides):
@@ -57,10 +75,22 @@ def _precheck(overrides):
 @pytest.mark.parametrize(
     ("stages", "expected"),
     [
-        ("[{name:toy_freeze},{name:toy_scale}]", "technique.stages[1] (toy_scale, applied as step 2 of 2) modifies float weights, but technique.stages[0] (toy_freeze) leaves real low-bit kernels"),
-        ("[{name:toy_scale,factr:2}]", "technique.stages[0] (toy_scale): Key 'factr' not in 'ToyScaleConfig'"),
-        ("[{name:toy_scale,factor:-1}]", "technique.stages[0] (toy_scale): technique.factor=-1.0 must be > 0"),
-        ("[{name:quantise}]", "technique.name='quantise' is not a registered technique; choose one of:"),
+        (
+            "[{name:toy_freeze},{name:toy_scale}]",
+            "technique.stages[1] (toy_scale, applied as step 2 of 2) modifies float weights, but technique.stages[0] (toy_freeze) leaves real low-bit kernels",
+        ),
+        (
+            "[{name:toy_scale,factr:2}]",
+            "technique.stages[0] (toy_scale): Key 'factr' not in 'ToyScaleConfig'",
+        ),
+        (
+            "[{name:toy_scale,factor:-1}]",
+            "technique.stages[0] (toy_scale): technique.factor=-1.0 must be > 0",
+        ),
+        (
+            "[{name:quantise}]",
+            "technique.name='quantise' is not a registered technique; choose one of:",
+        ),
         ("[{name:pipeline}]", "a pipeline cannot be a stage"),
         ("[{factor:2}]", "is not a technique node"),
         ("[]", "technique.stages is empty"),
@@ -75,13 +105,19 @@ def test_training_stage_without_training_documents_is_rejected():
     ok = _precheck(["technique.stages=[{name:toy_train}]"])
     assert ok is None
     message = _precheck(["technique.stages=[{name:toy_train}]", "data.max_docs=50"])
-    assert message is not None and "needs training/calibration text but data.max_docs=50 leaves no training documents" in message
+    assert (
+        message is not None
+        and "needs training/calibration text but data.max_docs=50 leaves no training documents"
+        in message
+    )
 
 
 def test_freeze_last_is_valid_and_reverse_is_checked():
     # toy_freeze last is fine; reversed, toy_scale would follow the frozen weights.
     assert _precheck(["technique.stages=[{name:toy_scale},{name:toy_freeze}]"]) is None
-    message = _precheck(["technique.stages=[{name:toy_scale},{name:toy_freeze}]", "technique.reverse=true"])
+    message = _precheck(
+        ["technique.stages=[{name:toy_scale},{name:toy_freeze}]", "technique.reverse=true"]
+    )
     assert message is not None and "modifies float weights" in message
 
 

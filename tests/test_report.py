@@ -10,14 +10,20 @@ import sys
 import pytest
 
 from conftest import REPO
-from report_fixtures import METRIC, record, write
+from report_fixtures import record, write
 
 
 def test_pareto_mask_hand_computed():
     from infopt.report.analysis import pareto_mask
 
     # (cost, quality): (10, .90) is beaten by (8, .95); (8, .70) too; (5, .60) is cheapest; (12, .99) is best.
-    assert pareto_mask([10, 8, 8, 5, 12], [0.9, 0.95, 0.7, 0.6, 0.99]) == [False, True, False, True, True]
+    assert pareto_mask([10, 8, 8, 5, 12], [0.9, 0.95, 0.7, 0.6, 0.99]) == [
+        False,
+        True,
+        False,
+        True,
+        True,
+    ]
     # Lower-is-better quality (perplexity): (4, 30) and (2, 50) on the front; (5, 40) beaten by (4, 30).
     assert pareto_mask([4, 2, 5], [30, 50, 40], higher_is_better=False) == [True, True, False]
     # Ties are not dominance; missing values are never optimal.
@@ -42,7 +48,9 @@ def test_report_pareto_set_seed_aggregation_and_groups(tmp_path):
         record("q4", "quant4", 24.0, 14.0, 7.0),
         record("bad", "worse", 30.0, 50.0, 8.0),  # dominated by q8 on size and latency
         record("p", "prune", 22.0, 60.0, 5.0, seed=0),
-        record("p", "prune", 26.0, 60.0, 5.0, seed=1),  # same setting, another seed: aggregated, ppl mean 24
+        record(
+            "p", "prune", 26.0, 60.0, 5.0, seed=1
+        ),  # same setting, another seed: aggregated, ppl mean 24
         record("other-hw", "quant", 20.5, 26.0, 3.0, cpu="CPU B"),
     ]
     report = build_report([write(tmp_path / "runs", recs)], tmp_path / "out")
@@ -64,14 +72,19 @@ def test_report_pareto_set_seed_aggregation_and_groups(tmp_path):
     page = report.html.read_text()
     assert "never mixed in one plot" in page and page.count("data:image/png;base64,") == 3
     md = report.markdown.read_text()
-    assert "| run | model | technique |" in md and "24 ± 25" in md  # p's mean and CI half-width (25.4)
+    assert (
+        "| run | model | technique |" in md and "24 ± 25" in md
+    )  # p's mean and CI half-width (25.4)
 
 
 def test_order_effects_pairs_forward_and_reversed(tmp_path):
     from infopt.report.analysis import order_effects
     from infopt.report.load import rows
 
-    recs = [record("fwd", "pipeline", 22.0, 30.0, 6.0, reverse=False), record("rev", "pipeline", 25.0, 30.0, 6.5, reverse=True)]
+    recs = [
+        record("fwd", "pipeline", 22.0, 30.0, 6.0, reverse=False),
+        record("rev", "pipeline", 25.0, 30.0, 6.5, reverse=True),
+    ]
     (effect,) = order_effects(rows(write(tmp_path, recs)))
     assert effect["quality_difference"] == pytest.approx(-3.0)
     assert effect["decode_ms_per_token_b1_difference"] == pytest.approx(-0.5)
@@ -81,23 +94,50 @@ def test_report_cli_exit_codes(tmp_path):
     env_py = sys.executable
     empty = tmp_path / "empty"
     empty.mkdir()
-    r = subprocess.run([env_py, "-m", "infopt.report", str(empty)], capture_output=True, text=True, cwd=REPO,
-                       env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"})
+    r = subprocess.run(
+        [env_py, "-m", "infopt.report", str(empty)],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"},
+    )
     assert r.returncode == 2 and "no results.json found" in r.stderr
 
 
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+CHROMIUM = (
+    shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+)
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="no chromium on PATH (apt-get install -y chromium) to look at the page in a real browser")
+@pytest.mark.skipif(
+    CHROMIUM is None,
+    reason="no chromium on PATH (apt-get install -y chromium) to look at the page in a real browser",
+)
 def test_report_renders_in_headless_chromium(tmp_path):
     from infopt.report.build import build_report
 
-    recs = [record("base", "baseline", 20.0, 100.0, 10.0), record("q8", "quant", 20.5, 26.0, 6.0), record("q4", "q4", 24.0, 14.0, 7.0)]
+    recs = [
+        record("base", "baseline", 20.0, 100.0, 10.0),
+        record("q8", "quant", 20.5, 26.0, 6.0),
+        record("q4", "q4", 24.0, 14.0, 7.0),
+    ]
     report = build_report([write(tmp_path / "runs", recs)], tmp_path / "out")
     shot = tmp_path / "shot.png"
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars", "--window-size=1200,1600",
-                    f"--screenshot={shot}", report.html.as_uri()], capture_output=True, timeout=120, check=False)
+    subprocess.run(
+        [
+            CHROMIUM,
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--hide-scrollbars",
+            "--window-size=1200,1600",
+            f"--screenshot={shot}",
+            report.html.as_uri(),
+        ],
+        capture_output=True,
+        timeout=120,
+        check=False,
+    )
     data = shot.read_bytes()
     assert data[:8] == b"\x89PNG\r\n\x1a\n"
     width, height = struct.unpack(">II", data[16:24])

@@ -15,13 +15,25 @@ FAST = [*QUICK, "eval.tasks=[]", "eval.token_perplexity_window=64", "bench.batch
 
 
 def test_layer_sensitivity_swaps_one_layer_at_a_time(tmp_path):
-    record = run_main(["model=tiny_llama", *FAST, "technique=layer_sensitivity", "technique.inner={name:toy_scale,factor:0.3,half:false}",
-                       "technique.parts=[block,attn,mlp]", "technique.eval_blocks=2", "technique.seq_len=32"], tmp_path)
+    record = run_main(
+        [
+            "model=tiny_llama",
+            *FAST,
+            "technique=layer_sensitivity",
+            "technique.inner={name:toy_scale,factor:0.3,half:false}",
+            "technique.parts=[block,attn,mlp]",
+            "technique.eval_blocks=2",
+            "technique.seq_len=32",
+        ],
+        tmp_path,
+    )
     m = record["technique"]["metrics"]
     for layer in (0, 1):
         for part in ("block", "attn", "mlp"):
             assert math.isfinite(m[f"layer{layer:02d}/{part}/delta_loss"])
-        assert m[f"layer{layer:02d}/block/delta_loss"] != 0.0, "scaling a layer's weights changes the loss"
+        assert m[f"layer{layer:02d}/block/delta_loss"] != 0.0, (
+            "scaling a layer's weights changes the loss"
+        )
     assert m["delta_loss_all_layers"] == pytest.approx(m["loss_all_layers"] - m["loss_base"])
     assert (tmp_path / "layer_sensitivity.png").stat().st_size > 1000
     # The report draws the heatmap from the record.
@@ -31,7 +43,9 @@ def test_layer_sensitivity_swaps_one_layer_at_a_time(tmp_path):
     assert "layer sensitivity heatmap" in report.html.read_text()
 
 
-def test_layer_sensitivity_by_hand_matches_one_layer_scaled(tmp_path, tiny_llama, text_data, run_context):
+def test_layer_sensitivity_by_hand_matches_one_layer_scaled(
+    tmp_path, tiny_llama, text_data, run_context
+):
     """The swap is exact: it equals scaling only that layer's weights in a fresh copy."""
     import copy
 
@@ -41,7 +55,12 @@ def test_layer_sensitivity_by_hand_matches_one_layer_scaled(tmp_path, tiny_llama
     from infopt.studies.layer_sensitivity_config import LayerSensitivityConfig
 
     ctx = run_context()
-    cfg = LayerSensitivityConfig(inner={"name": "toy_scale", "factor": 0.3, "half": False}, parts=["mlp"], eval_blocks=2, seq_len=32)
+    cfg = LayerSensitivityConfig(
+        inner={"name": "toy_scale", "factor": 0.3, "half": False},
+        parts=["mlp"],
+        eval_blocks=2,
+        seq_len=32,
+    )
     reference = copy.deepcopy(tiny_llama)
     applied = LayerSensitivity(cfg).apply(tiny_llama, ctx)
     blocks = text_data.heldout_blocks(32)[:2]
@@ -50,15 +69,32 @@ def test_layer_sensitivity_by_hand_matches_one_layer_scaled(tmp_path, tiny_llama
         for module in reference.model.layers[1].mlp.modules():
             if isinstance(module, torch.nn.Linear):
                 module.weight.mul_(0.3)
-    assert applied.metrics["layer01/mlp/delta_loss"] == pytest.approx(mean_nll(reference, blocks) - base, rel=1e-5)
+    assert applied.metrics["layer01/mlp/delta_loss"] == pytest.approx(
+        mean_nll(reference, blocks) - base, rel=1e-5
+    )
 
 
 def test_layer_sensitivity_inner_is_validated_at_compose_time():
     from infopt.config.precheck import precheck
 
-    msg = precheck(["model=tiny_llama", "technique=layer_sensitivity", "technique.inner={name:toy_scale,fctor:2}"], CONF_DIR)
+    msg = precheck(
+        [
+            "model=tiny_llama",
+            "technique=layer_sensitivity",
+            "technique.inner={name:toy_scale,fctor:2}",
+        ],
+        CONF_DIR,
+    )
     assert msg and "technique.inner (toy_scale): Key 'fctor' not in 'ToyScaleConfig'" in msg
-    msg = precheck(["model=tiny_llama", "technique=layer_sensitivity", "technique.inner={name:toy_scale}", "technique.parts=[head]"], CONF_DIR)
+    msg = precheck(
+        [
+            "model=tiny_llama",
+            "technique=layer_sensitivity",
+            "technique.inner={name:toy_scale}",
+            "technique.parts=[head]",
+        ],
+        CONF_DIR,
+    )
     assert msg and "technique.parts[]='head' is not valid" in msg
 
 
@@ -71,12 +107,26 @@ def test_objective_within_and_over_budget():
     value, detail = objective_value(cfg, {"ratios/r": 0.99, "bench/stored_mb": 15.0})
     assert value == pytest.approx(-1.5) and not detail["within_budget"]  # -1 - (15/10 - 1)
     assert objective_value(cfg, {"bench/stored_mb": 1.0})[0] is None
-    mini = ObjectiveConfig(metric="bench/decode_ms_per_token_b1", direction="minimize", budget={"bench/stored_mb": 10.0})
-    assert objective_value(mini, {"bench/decode_ms_per_token_b1": 3.0, "bench/stored_mb": 20.0})[0] == pytest.approx(1e6 + 1.0)
+    mini = ObjectiveConfig(
+        metric="bench/decode_ms_per_token_b1",
+        direction="minimize",
+        budget={"bench/stored_mb": 10.0},
+    )
+    assert objective_value(mini, {"bench/decode_ms_per_token_b1": 3.0, "bench/stored_mb": 20.0})[
+        0
+    ] == pytest.approx(1e6 + 1.0)
 
 
 def test_objective_is_recorded(tmp_path):
-    record = run_main(["model=tiny_llama", *FAST, "objective.metric=bench/stored_mb", "objective.direction=minimize"], tmp_path)
+    record = run_main(
+        [
+            "model=tiny_llama",
+            *FAST,
+            "objective.metric=bench/stored_mb",
+            "objective.direction=minimize",
+        ],
+        tmp_path,
+    )
     assert record["objective"] == record["result"]["bench"]["stored_mb"]
     assert json.loads((tmp_path / "results.json").read_text())["objective"] == record["objective"]
 
@@ -91,7 +141,11 @@ def test_rerun_in_the_same_dir_skips(tmp_path):
 
 
 EXPERIMENTS = sorted(p.stem for p in (CONF_DIR / "experiment").glob("*.yaml"))
-PIPELINES = sorted(p.stem for p in (CONF_DIR / "technique").glob("*.yaml") if "schema/technique/pipeline@" in p.read_text() and p.stem != "pipeline")
+PIPELINES = sorted(
+    p.stem
+    for p in (CONF_DIR / "technique").glob("*.yaml")
+    if "schema/technique/pipeline@" in p.read_text() and p.stem != "pipeline"
+)
 
 
 @pytest.mark.parametrize("name", EXPERIMENTS)

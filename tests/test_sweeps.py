@@ -13,12 +13,33 @@ import pytest
 from conftest import CONF_DIR, REPO
 
 TOY_RUN = REPO / "tests" / "toy_run.py"
-FAST = ["eval=quick", "bench=quick", "eval.tasks=[]", "eval.token_perplexity_window=64", "bench.batch_sizes=[1]"]
+FAST = [
+    "eval=quick",
+    "bench=quick",
+    "eval.tasks=[]",
+    "eval.token_perplexity_window=64",
+    "bench.batch_sizes=[1]",
+]
 
 
-def run_cli(args: list[str], script: Path = TOY_RUN, timeout: int = 300) -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(REPO / "src"), "WANDB_MODE": "offline", "WANDB_SILENT": "true", "HYDRA_FULL_ERROR": "0"}
-    proc = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, cwd=REPO, env=env, timeout=timeout)
+def run_cli(
+    args: list[str], script: Path = TOY_RUN, timeout: int = 300
+) -> subprocess.CompletedProcess:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO / "src"),
+        "WANDB_MODE": "offline",
+        "WANDB_SILENT": "true",
+        "HYDRA_FULL_ERROR": "0",
+    }
+    proc = subprocess.run(
+        [sys.executable, str(script), *args],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=env,
+        timeout=timeout,
+    )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc
 
@@ -50,7 +71,14 @@ def wandb_records(path: Path):
 def grid(tmp_path_factory):
     """A 2x2 sweep (model x technique, the test-only toy_scale among them), run twice."""
     sweep = tmp_path_factory.mktemp("sweep") / "grid"
-    args = ["-m", "model=tiny_llama,tiny_gpt2", "technique=baseline,toy_scale", *FAST, "logger=wandb", f"hydra.sweep.dir={sweep}"]
+    args = [
+        "-m",
+        "model=tiny_llama,tiny_gpt2",
+        "technique=baseline,toy_scale",
+        *FAST,
+        "logger=wandb",
+        f"hydra.sweep.dir={sweep}",
+    ]
     first = run_cli(args)
     second = run_cli(args)
     return sweep, first, second
@@ -60,8 +88,16 @@ def test_grid_sweep_writes_four_results_and_four_wandb_runs_in_one_group(grid):
     sweep, first, _ = grid
     results = sorted(sweep.glob("*/results.json"))
     assert len(results) == 4
-    combos = {(json.loads(p.read_text())["config"]["model"]["name"], json.loads(p.read_text())["technique"]["name"]) for p in results}
-    assert combos == {(m, t) for m in ("tiny_llama", "tiny_gpt2") for t in ("baseline", "toy_scale")}
+    combos = {
+        (
+            json.loads(p.read_text())["config"]["model"]["name"],
+            json.loads(p.read_text())["technique"]["name"],
+        )
+        for p in results
+    }
+    assert combos == {
+        (m, t) for m in ("tiny_llama", "tiny_gpt2") for t in ("baseline", "toy_scale")
+    }
     runs = sorted(sweep.glob("*/wandb/offline-run-*/run-*.wandb"))
     assert len(runs) == 4
     seen = []
@@ -70,8 +106,13 @@ def test_grid_sweep_writes_four_results_and_four_wandb_runs_in_one_group(grid):
         seen.append((run.run_group, run.display_name, set(run.tags)))
         assert (path.parent / "files" / "media" / "table").is_dir(), "the results table is logged"
     assert {g for g, _, _ in seen} == {sweep.name}, "one group: the sweep"
-    assert len({n for _, n, _ in seen}) == 4 and all("model=" in n and "technique=" in n for _, n, _ in seen)
-    assert all({t for t in tags if t.split(":")[0] in ("model", "technique")} and len(tags) >= 2 for _, _, tags in seen)
+    assert len({n for _, n, _ in seen}) == 4 and all(
+        "model=" in n and "technique=" in n for _, n, _ in seen
+    )
+    assert all(
+        {t for t in tags if t.split(":")[0] in ("model", "technique")} and len(tags) >= 2
+        for _, _, tags in seen
+    )
     assert "4 job(s) ran, 0 skipped" in first.stdout + first.stderr
 
 
@@ -91,14 +132,23 @@ def test_report_on_the_sweep(grid, tmp_path):
     from infopt.report.build import build_report
 
     report = build_report([sweep], tmp_path / "report")
-    assert (tmp_path / "report" / "index.html").is_file() and (tmp_path / "report" / "report.md").is_file()
+    assert (tmp_path / "report" / "index.html").is_file() and (
+        tmp_path / "report" / "report.md"
+    ).is_file()
     # Hand computation from the four records: lower token perplexity and fewer MiB are better.
     recs = [json.loads(p.read_text()) for p in sweep.glob("*/results.json")]
     metric = report.rows[0]["metric"]
-    pts = {r["run"]["name"]: (r["result"]["bench"]["stored_mb"], r["result"]["eval"][metric]) for r in recs}
+    pts = {
+        r["run"]["name"]: (r["result"]["bench"]["stored_mb"], r["result"]["eval"][metric])
+        for r in recs
+    }
     expected = []
     for name, (c, q) in pts.items():
-        beaten = [o for o, (c2, q2) in pts.items() if o != name and c2 <= c and q2 <= q and (c2 < c or q2 < q)]
+        beaten = [
+            o
+            for o, (c2, q2) in pts.items()
+            if o != name and c2 <= c and q2 <= q and (c2 < c or q2 < q)
+        ]
         if not beaten:
             expected.append(name)
     size = next(v for k, v in report.pareto.items() if "stored size" in k)
@@ -110,8 +160,18 @@ def test_report_on_the_sweep(grid, tmp_path):
 
 def test_joblib_launcher_sweep_runs(tmp_path):
     sweep = tmp_path / "joblib"
-    run_cli(["-m", "hydra/launcher=joblib", "hydra.launcher.n_jobs=2", "model=tiny_llama,tiny_gpt2", *FAST,
-             "logger=none", f"hydra.sweep.dir={sweep}"], script=REPO / "run.py")
+    run_cli(
+        [
+            "-m",
+            "hydra/launcher=joblib",
+            "hydra.launcher.n_jobs=2",
+            "model=tiny_llama,tiny_gpt2",
+            *FAST,
+            "logger=none",
+            f"hydra.sweep.dir={sweep}",
+        ],
+        script=REPO / "run.py",
+    )
     assert len(list(sweep.glob("*/results.json"))) == 2
 
 
@@ -135,14 +195,23 @@ def test_slurm_launcher_config_composes_and_instantiates(tmp_path):
     from hydra.core.plugins import Plugins
     from hydra.types import HydraContext
 
-    cfg, init = _compose_with_hydra(["hydra/launcher=slurm", "model=tiny_llama", f"hydra.sweep.dir={tmp_path}"])
+    cfg, init = _compose_with_hydra(
+        ["hydra/launcher=slurm", "model=tiny_llama", f"hydra.sweep.dir={tmp_path}"]
+    )
     try:
         assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
         assert cfg.hydra.launcher.timeout_min == 240 and cfg.hydra.launcher.max_num_timeout == 0
-        ctx = HydraContext(config_loader=GlobalHydra.instance().config_loader(), callbacks=Callbacks())
-        launcher = Plugins.instance().instantiate_launcher(hydra_context=ctx, task_function=lambda c: None, config=cfg)
+        ctx = HydraContext(
+            config_loader=GlobalHydra.instance().config_loader(), callbacks=Callbacks()
+        )
+        launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=ctx, task_function=lambda c: None, config=cfg
+        )
         assert type(launcher).__name__ == "SlurmLauncher"
-        assert launcher.params["timeout_min"] == 240 and str(tmp_path) in launcher.params["submitit_folder"]
+        assert (
+            launcher.params["timeout_min"] == 240
+            and str(tmp_path) in launcher.params["submitit_folder"]
+        )
     finally:
         init.__exit__(None, None, None)
         GlobalHydra.instance().clear()
@@ -166,17 +235,34 @@ def test_optuna_budget_search_composes(tmp_path):
 def test_optuna_search_runs_and_returns_the_objective(tmp_path):
     """Two Optuna trials over toy_scale's factor, under a size budget only bfloat16 meets."""
     sweep = tmp_path / "optuna"
-    proc = run_cli(["-m", "hydra/sweeper=optuna", "hydra.sweeper.n_trials=2", "hydra.sweeper.direction=maximize",
-                    "hydra.sweeper.sampler.seed=0", "technique=toy_scale", "technique.factor=interval(0.5,1.0)",
-                    "technique.half=choice(true,false)", "model=tiny_llama", *FAST, "logger=none",
-                    "objective.metric=ratios/eval/heldout/token_perplexity_w64/recovery", "+objective.budget={bench/stored_mb:8}",
-                    f"hydra.sweep.dir={sweep}"])
+    proc = run_cli(
+        [
+            "-m",
+            "hydra/sweeper=optuna",
+            "hydra.sweeper.n_trials=2",
+            "hydra.sweeper.direction=maximize",
+            "hydra.sweeper.sampler.seed=0",
+            "technique=toy_scale",
+            "technique.factor=interval(0.5,1.0)",
+            "technique.half=choice(true,false)",
+            "model=tiny_llama",
+            *FAST,
+            "logger=none",
+            "objective.metric=ratios/eval/heldout/token_perplexity_w64/recovery",
+            "+objective.budget={bench/stored_mb:8}",
+            f"hydra.sweep.dir={sweep}",
+        ]
+    )
     recs = [json.loads(p.read_text()) for p in sweep.glob("*/results.json")]
     assert len(recs) == 2
     for r in recs:
         d = r["objective_detail"]
         if r["config"]["technique"]["half"]:
-            assert d["within_budget"] and r["objective"] == pytest.approx(r["ratios"]["eval/heldout/token_perplexity_w64/recovery"])
+            assert d["within_budget"] and r["objective"] == pytest.approx(
+                r["ratios"]["eval/heldout/token_perplexity_w64/recovery"]
+            )
         else:  # fp32 tiny model is about 12 MiB > 8: penalty -1 minus the overshoot
-            assert not d["within_budget"] and r["objective"] == pytest.approx(-1.0 - (r["result"]["bench"]["stored_mb"] / 8 - 1))
+            assert not d["within_budget"] and r["objective"] == pytest.approx(
+                -1.0 - (r["result"]["bench"]["stored_mb"] / 8 - 1)
+            )
     assert (sweep / "optimization_results.yaml").is_file(), proc.stdout[-2000:]

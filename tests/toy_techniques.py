@@ -36,12 +36,20 @@ class ToyScale(Technique):
         n = 0
         with torch.no_grad():
             for module in model.modules():
-                if type(module).__name__ in ("Linear", "Conv1D") and module is not model.get_output_embeddings():
+                if (
+                    type(module).__name__ in ("Linear", "Conv1D")
+                    and module is not model.get_output_embeddings()
+                ):
                     module.weight.mul_(self.config.factor)
                     n += 1
         if self.config.half:
             model = model.to(torch.bfloat16)
-        return Applied(model=model, execution="dense", metrics={"scaled_modules": float(n)}, notes=[f"scaled {n} modules"])
+        return Applied(
+            model=model,
+            execution="dense",
+            metrics={"scaled_modules": float(n)},
+            notes=[f"scaled {n} modules"],
+        )
 
 
 @dataclass
@@ -70,7 +78,11 @@ class ToyTrain(Technique):
         return Applied(model=model)
 
 
-TOYS = {"toy_scale": ("ToyScaleConfig", "ToyScale"), "toy_freeze": ("ToyFreezeConfig", "ToyFreeze"), "toy_train": ("ToyTrainConfig", "ToyTrain")}
+TOYS = {
+    "toy_scale": ("ToyScaleConfig", "ToyScale"),
+    "toy_freeze": ("ToyFreezeConfig", "ToyFreeze"),
+    "toy_train": ("ToyTrainConfig", "ToyTrain"),
+}
 
 
 def register_toys() -> None:
@@ -84,7 +96,12 @@ def register_toys() -> None:
     cs = ConfigStore.instance()
     for name, (config, impl) in TOYS.items():
         if name not in registry.names():
-            registry.register(name, config=f"toy_techniques:{config}", impl=f"toy_techniques:{impl}", family="study")
+            registry.register(
+                name,
+                config=f"toy_techniques:{config}",
+                impl=f"toy_techniques:{impl}",
+                family="study",
+            )
         node = registry.config_class(name)
         cs.store(group="schema/technique", name=name, node=node)
         cs.store(group="technique", name=name, node=node)

@@ -11,9 +11,14 @@ from infopt.errors import InfoptError
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m infopt.report", description=__doc__)
-    parser.add_argument("paths", nargs="+", help="run dirs, sweep dirs or results.json files (searched recursively)")
+    parser.add_argument(
+        "paths", nargs="+", help="run dirs, sweep dirs or results.json files (searched recursively)"
+    )
     parser.add_argument("--out", help="output directory (default: <first path>/report)")
-    parser.add_argument("--metric", help="quality metric, an eval key such as heldout/word_perplexity (default: chosen from what every run has)")
+    parser.add_argument(
+        "--metric",
+        help="quality metric, an eval key such as heldout/word_perplexity (default: chosen from what every run has)",
+    )
     parser.add_argument("--title", default="infopt report")
     args = parser.parse_args(argv)
     from infopt.report.build import build_report

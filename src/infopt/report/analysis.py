@@ -7,11 +7,24 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
-AGGREGATED = ("quality", "recovery", "stored_mb", "compression", "decode_ms_per_token_b1", "decode_tokens_per_s_b1",
-              "decode_speedup_b1", "prefill_ms_b1", "prefill_tokens_per_s_b1", "peak_rss_mb", "objective")
+AGGREGATED = (
+    "quality",
+    "recovery",
+    "stored_mb",
+    "compression",
+    "decode_ms_per_token_b1",
+    "decode_tokens_per_s_b1",
+    "decode_speedup_b1",
+    "prefill_ms_b1",
+    "prefill_tokens_per_s_b1",
+    "peak_rss_mb",
+    "objective",
+)
 
 
-def pareto_mask(costs: list[float], qualities: list[float], higher_is_better: bool = True) -> list[bool]:
+def pareto_mask(
+    costs: list[float], qualities: list[float], higher_is_better: bool = True
+) -> list[bool]:
     """True for points no other point dominates (cost <= and quality at least as good, one strictly).
 
     Lower cost is better; quality is better when higher (or lower, with ``higher_is_better=False``).
@@ -22,14 +35,20 @@ def pareto_mask(costs: list[float], qualities: list[float], higher_is_better: bo
     def ok(x: float | None) -> bool:
         return x is not None and not (isinstance(x, float) and math.isnan(x))
 
-    pts = [(c, sign * q) if ok(c) and ok(q) else None for c, q in zip(costs, qualities, strict=True)]
+    pts = [
+        (c, sign * q) if ok(c) and ok(q) else None for c, q in zip(costs, qualities, strict=True)
+    ]
     mask = []
     for i, p in enumerate(pts):
         if p is None:
             mask.append(False)
             continue
         dominated = any(
-            j != i and o is not None and o[0] <= p[0] and o[1] >= p[1] and (o[0] < p[0] or o[1] > p[1])
+            j != i
+            and o is not None
+            and o[0] <= p[0]
+            and o[1] >= p[1]
+            and (o[0] < p[0] or o[1] > p[1])
             for j, o in enumerate(pts)
         )
         mask.append(not dominated)
@@ -43,7 +62,18 @@ def t_quantile_975(df: int) -> float:
 
         return float(t.ppf(0.975, df))
     except ImportError:
-        table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
+        table = {
+            1: 12.706,
+            2: 4.303,
+            3: 3.182,
+            4: 2.776,
+            5: 2.571,
+            6: 2.447,
+            7: 2.365,
+            8: 2.306,
+            9: 2.262,
+            10: 2.228,
+        }
         return table.get(df, 1.96 + 2.5 / df)
 
 
@@ -91,9 +121,21 @@ def baseline_points(rows: list[dict[str, Any]], cost: str) -> list[dict[str, Any
     seen: dict[str, dict[str, Any]] = {}
     for r in rows:
         key = r.get("baseline_key")
-        if key and key not in seen and r.get("baseline_quality") is not None and r.get(f"baseline_{cost}") is not None:
-            seen[key] = {"name": f"baseline ({r['model']})", "label": "baseline", "model": r["model"], "baseline_key": key,
-                         "quality": r["baseline_quality"], cost: r[f"baseline_{cost}"], "technique": "baseline"}
+        if (
+            key
+            and key not in seen
+            and r.get("baseline_quality") is not None
+            and r.get(f"baseline_{cost}") is not None
+        ):
+            seen[key] = {
+                "name": f"baseline ({r['model']})",
+                "label": "baseline",
+                "model": r["model"],
+                "baseline_key": key,
+                "quality": r["baseline_quality"],
+                cost: r[f"baseline_{cost}"],
+                "technique": "baseline",
+            }
     return list(seen.values())
 
 
@@ -123,7 +165,12 @@ def order_effects(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not fwd or not rev:
             continue
         f, r = aggregate_seeds(fwd)[0], aggregate_seeds(rev)[0]
-        entry = {"order_key": key[0], "forward": f["label"], "reversed": r["label"], "metric": f["metric"]}
+        entry = {
+            "order_key": key[0],
+            "forward": f["label"],
+            "reversed": r["label"],
+            "metric": f["metric"],
+        }
         for k in ("quality", "recovery", "stored_mb", "decode_ms_per_token_b1"):
             a, b = f.get(k), r.get(k)
             entry[f"{k}_forward"], entry[f"{k}_reversed"] = a, b

@@ -21,11 +21,22 @@ from infopt.io import atomic_write_json, atomic_write_text
 from infopt.report import analysis, load, plots
 
 COLUMNS = [
-    ("name", "run"), ("model", "model"), ("label", "technique"), ("execution", "execution"), ("n", "seeds"),
-    ("quality", "quality"), ("recovery", "recovery"), ("stored_mb", "stored MiB"), ("compression", "compression"),
-    ("decode_tokens_per_s_b1", "decode tok/s b1"), ("decode_ms_per_token_b1", "decode ms/tok b1"),
-    ("prefill_ms_b1", "prefill ms b1"), ("pareto_size", "Pareto (size)"), ("pareto_latency", "Pareto (latency)"),
-    ("hardware", "hardware"), ("eval_settings", "eval settings"),
+    ("name", "run"),
+    ("model", "model"),
+    ("label", "technique"),
+    ("execution", "execution"),
+    ("n", "seeds"),
+    ("quality", "quality"),
+    ("recovery", "recovery"),
+    ("stored_mb", "stored MiB"),
+    ("compression", "compression"),
+    ("decode_tokens_per_s_b1", "decode tok/s b1"),
+    ("decode_ms_per_token_b1", "decode ms/tok b1"),
+    ("prefill_ms_b1", "prefill ms b1"),
+    ("pareto_size", "Pareto (size)"),
+    ("pareto_latency", "Pareto (latency)"),
+    ("hardware", "hardware"),
+    ("eval_settings", "eval settings"),
 ]
 
 
@@ -34,7 +45,9 @@ class Report:
     html: Path
     markdown: Path
     rows: list[dict[str, Any]]  # aggregated over seeds
-    pareto: dict[str, list[str]] = field(default_factory=dict)  # plot title -> Pareto-optimal point names
+    pareto: dict[str, list[str]] = field(
+        default_factory=dict
+    )  # plot title -> Pareto-optimal point names
     groups: int = 1
 
 
@@ -58,7 +71,9 @@ def _cell(r: dict[str, Any], key: str) -> str:
 def markdown_table(rows: list[dict[str, Any]]) -> str:
     head = "| " + " | ".join(title for _, title in COLUMNS) + " |"
     sep = "|" + "|".join("---" for _ in COLUMNS) + "|"
-    body = ["| " + " | ".join(_cell(r, k).replace("|", "/") for k, _ in COLUMNS) + " |" for r in rows]
+    body = [
+        "| " + " | ".join(_cell(r, k).replace("|", "/") for k, _ in COLUMNS) + " |" for r in rows
+    ]
     return "\n".join([head, sep, *body])
 
 
@@ -67,7 +82,11 @@ def html_table(columns: list[tuple[str, str]], rows: list[dict[str, Any]]) -> st
     body = []
     for r in rows:
         cls = ' class="pareto"' if r.get("pareto_size") or r.get("pareto_latency") else ""
-        body.append(f"<tr{cls}>" + "".join(f"<td>{html.escape(_cell(r, k))}</td>" for k, _ in columns) + "</tr>")
+        body.append(
+            f"<tr{cls}>"
+            + "".join(f"<td>{html.escape(_cell(r, k))}</td>" for k, _ in columns)
+            + "</tr>"
+        )
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
@@ -82,12 +101,25 @@ img { max-width: 100%; border: 1px solid #ddd; margin: 0.5em 0; }
 """
 
 
-def build_report(paths: list[str | Path], out_dir: str | Path, metric: str | None = None, title: str = "infopt report") -> Report:
+def build_report(
+    paths: list[str | Path],
+    out_dir: str | Path,
+    metric: str | None = None,
+    title: str = "infopt report",
+) -> Report:
     raw = load.rows(list(paths), metric)
     if not raw:
         raise InfoptError(f"no results.json found under {', '.join(map(str, paths))}")
     rows = analysis.aggregate_seeds(raw)
-    rows.sort(key=lambda r: (r["eval_key"], r["hardware"], str(r["model"]), str(r["label"]), str(r["name"])))
+    rows.sort(
+        key=lambda r: (
+            r["eval_key"],
+            r["hardware"],
+            str(r["model"]),
+            str(r["label"]),
+            str(r["name"]),
+        )
+    )
     metric = rows[0]["metric"]
     higher = rows[0]["higher_is_better"]
     out = Path(out_dir)
@@ -96,14 +128,20 @@ def build_report(paths: list[str | Path], out_dir: str | Path, metric: str | Non
 
     eval_groups = analysis.group_by(rows, "eval_key")
     hw_groups = analysis.group_by(rows, "eval_key", "hardware")
-    notes = [f"quality = {metric} ({'higher' if higher else 'lower'} is better); recovery = ratio to the run's own "
-             "baseline, oriented so that > 1 is better; ± = 95% confidence interval over seeds."]
+    notes = [
+        f"quality = {metric} ({'higher' if higher else 'lower'} is better); recovery = ratio to the run's own "
+        "baseline, oriented so that > 1 is better; ± = 95% confidence interval over seeds."
+    ]
     if len(eval_groups) > 1 or len(hw_groups) > 1:
-        notes.append(f"These runs come from {len(eval_groups)} eval setting(s) and {len(hw_groups)} eval x hardware "
-                     "group(s). They are never mixed in one plot: each plot's title names its group.")
+        notes.append(
+            f"These runs come from {len(eval_groups)} eval setting(s) and {len(hw_groups)} eval x hardware "
+            "group(s). They are never mixed in one plot: each plot's title names its group."
+        )
     if any(r["n"] > 1 for r in rows):
-        notes.append("Runs that differ only in seed (calibration subset, training order) are aggregated: "
-                     "mean, and the 95% t-interval drawn as error bars.")
+        notes.append(
+            "Runs that differ only in seed (calibration subset, training order) are aggregated: "
+            "mean, and the 95% t-interval drawn as error bars."
+        )
 
     sections_html: list[str] = []
     sections_md: list[str] = []
@@ -111,7 +149,9 @@ def build_report(paths: list[str | Path], out_dir: str | Path, metric: str | Non
     for r in rows:
         r["pareto_size"] = r["pareto_latency"] = False
 
-    def plot(members: list[dict[str, Any]], cost: str, group_title: str, stem: str, flag: str) -> None:
+    def plot(
+        members: list[dict[str, Any]], cost: str, group_title: str, stem: str, flag: str
+    ) -> None:
         points = analysis.pareto_points(members, cost)
         if not any(p.get(cost) is not None and p.get("quality") is not None for p in points):
             return
@@ -123,24 +163,44 @@ def build_report(paths: list[str | Path], out_dir: str | Path, metric: str | Non
         (figures / f"{stem}.png").write_bytes(png)
         pareto[plot_title] = [str(p.get("name")) for p in points if p.get("pareto")]
         b64 = base64.b64encode(png).decode()
-        sections_html.append(f"<h3>{html.escape(plot_title)}</h3><img alt='{html.escape(plot_title)}' src='data:image/png;base64,{b64}'>"
-                             f"<p>Pareto-optimal: {html.escape(', '.join(pareto[plot_title]))}</p>")
-        sections_md.append(f"### {plot_title}\n\n![{plot_title}](figures/{stem}.png)\n\nPareto-optimal: {', '.join(pareto[plot_title])}\n")
+        sections_html.append(
+            f"<h3>{html.escape(plot_title)}</h3><img alt='{html.escape(plot_title)}' src='data:image/png;base64,{b64}'>"
+            f"<p>Pareto-optimal: {html.escape(', '.join(pareto[plot_title]))}</p>"
+        )
+        sections_md.append(
+            f"### {plot_title}\n\n![{plot_title}](figures/{stem}.png)\n\nPareto-optimal: {', '.join(pareto[plot_title])}\n"
+        )
 
-    for i, ((eval_key,), members) in enumerate(sorted(eval_groups.items())):
+    for i, ((_eval_key,), members) in enumerate(sorted(eval_groups.items())):
         plot(members, "stored_mb", members[0]["eval_settings"], f"pareto_size_{i}", "pareto_size")
-    for i, ((eval_key, hardware), members) in enumerate(sorted(hw_groups.items())):
+    for i, ((_eval_key, hardware), members) in enumerate(sorted(hw_groups.items())):
         bench = members[0]["bench_settings"]
-        plot(members, "decode_ms_per_token_b1", f"{members[0]['eval_settings']} | {hardware} | {bench}", f"pareto_latency_{i}", "pareto_latency")
+        plot(
+            members,
+            "decode_ms_per_token_b1",
+            f"{members[0]['eval_settings']} | {hardware} | {bench}",
+            f"pareto_latency_{i}",
+            "pareto_latency",
+        )
 
     # Order effects: pipelines run in both orders.
     effects = analysis.order_effects(raw)
     if effects:
-        cols = [("forward", "order A"), ("reversed", "order B"), ("quality_forward", "quality A"), ("quality_reversed", "quality B"),
-                ("quality_difference", "A - B"), ("recovery_difference", "recovery A - B"), ("stored_mb_difference", "MiB A - B"),
-                ("decode_ms_per_token_b1_difference", "decode ms A - B")]
+        cols = [
+            ("forward", "order A"),
+            ("reversed", "order B"),
+            ("quality_forward", "quality A"),
+            ("quality_reversed", "quality B"),
+            ("quality_difference", "A - B"),
+            ("recovery_difference", "recovery A - B"),
+            ("stored_mb_difference", "MiB A - B"),
+            ("decode_ms_per_token_b1_difference", "decode ms A - B"),
+        ]
         sections_html.append("<h2>Order effects</h2>" + html_table(cols, effects))
-        md = ["| " + " | ".join(t for _, t in cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+        md = [
+            "| " + " | ".join(t for _, t in cols) + " |",
+            "|" + "|".join("---" for _ in cols) + "|",
+        ]
         md += ["| " + " | ".join(fmt(e.get(k)) for k, _ in cols) + " |" for e in effects]
         sections_md.append("## Order effects\n\n" + "\n".join(md) + "\n")
 
@@ -153,7 +213,9 @@ def build_report(paths: list[str | Path], out_dir: str | Path, metric: str | Non
         t = f"layer sensitivity: {name} (inner: {inner})"
         png = plots.layer_heatmap_png(layers, parts, matrix, t)
         (figures / f"layer_sensitivity_{j}.png").write_bytes(png)
-        sections_html.append(f"<h2>{html.escape(t)}</h2><img alt='layer sensitivity heatmap' src='data:image/png;base64,{base64.b64encode(png).decode()}'>")
+        sections_html.append(
+            f"<h2>{html.escape(t)}</h2><img alt='layer sensitivity heatmap' src='data:image/png;base64,{base64.b64encode(png).decode()}'>"
+        )
         sections_md.append(f"## {t}\n\n![layer sensitivity](figures/layer_sensitivity_{j}.png)\n")
 
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
@@ -161,13 +223,27 @@ def build_report(paths: list[str | Path], out_dir: str | Path, metric: str | Non
         f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>{CSS}</style></head><body>"
         f"<h1>{html.escape(title)}</h1><p>{len(raw)} run(s) from {html.escape(', '.join(map(str, paths)))}; generated {generated}.</p>"
         + "".join(f"<p class='note'>{html.escape(n)}</p>" for n in notes)
-        + "<h2>Runs</h2>" + html_table(COLUMNS, rows) + "<h2>Pareto plots</h2>" + "".join(sections_html)
+        + "<h2>Runs</h2>"
+        + html_table(COLUMNS, rows)
+        + "<h2>Pareto plots</h2>"
+        + "".join(sections_html)
         + "</body></html>"
     )
-    md_text = (f"# {title}\n\n{len(raw)} run(s); generated {generated}.\n\n" + "".join(f"> {n}\n>\n" for n in notes)
-               + "\n## Runs\n\n" + markdown_table(rows) + "\n\n## Pareto plots\n\n" + "\n".join(sections_md))
+    md_text = (
+        f"# {title}\n\n{len(raw)} run(s); generated {generated}.\n\n"
+        + "".join(f"> {n}\n>\n" for n in notes)
+        + "\n## Runs\n\n"
+        + markdown_table(rows)
+        + "\n\n## Pareto plots\n\n"
+        + "\n".join(sections_md)
+    )
     atomic_write_text(out / "index.html", page)
     atomic_write_text(out / "report.md", md_text)
     atomic_write_json(out / "pareto.json", pareto)
-    return Report(html=out / "index.html", markdown=out / "report.md", rows=rows, pareto=pareto,
-                  groups=len(hw_groups))
+    return Report(
+        html=out / "index.html",
+        markdown=out / "report.md",
+        rows=rows,
+        pareto=pareto,
+        groups=len(hw_groups),
+    )

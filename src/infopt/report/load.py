@@ -19,12 +19,25 @@ from infopt.results import lower_is_better, stable_hash
 log = logging.getLogger(__name__)
 
 # Quality metrics in order of preference when none is named: lm-eval word perplexity first.
-PREFERRED_METRICS = ("heldout/word_perplexity", "heldout/token_perplexity_w512", "heldout/bits_per_byte", "analogy/acc")
+PREFERRED_METRICS = (
+    "heldout/word_perplexity",
+    "heldout/token_perplexity_w512",
+    "heldout/bits_per_byte",
+    "analogy/acc",
+)
 # Config keys that vary between repeats of the same setting (aggregated, not compared).
 SEED_KEYS = (("seed",), ("data", "seed"))
 # Config keys that never change what was computed.
 NON_SETTING_KEYS = ("paths", "logger", "run_name", "skip_completed", "objective")
-COST_KEYS = ("stored_mb", "decode_ms_per_token_b1", "decode_tokens_per_s_b1", "prefill_ms_b1", "prefill_tokens_per_s_b1", "peak_rss_mb", "params")
+COST_KEYS = (
+    "stored_mb",
+    "decode_ms_per_token_b1",
+    "decode_tokens_per_s_b1",
+    "prefill_ms_b1",
+    "prefill_tokens_per_s_b1",
+    "peak_rss_mb",
+    "params",
+)
 
 
 def find_results(paths: list[str | Path]) -> list[Path]:
@@ -96,7 +109,11 @@ def eval_settings(record: dict[str, Any]) -> tuple[str, str]:
     """(short label, hash) of everything that makes quality numbers comparable: eval and held-out data."""
     config = record.get("config") or {}
     ev = config.get("eval") or {}
-    data = {k: v for k, v in (config.get("data") or {}).items() if k in ("name", "source", "hub_path", "hub_name", "files", "heldout_docs", "max_docs")}
+    data = {
+        k: v
+        for k, v in (config.get("data") or {}).items()
+        if k in ("name", "source", "hub_path", "hub_name", "files", "heldout_docs", "max_docs")
+    }
     key = stable_hash({"eval": ev, "data": data}, 8)
     label = f"{data.get('name', '?')} held-out {data.get('heldout_docs', '?')} docs, tasks {','.join(ev.get('tasks') or []) or '-'}"
     if ev.get("limit"):
@@ -121,7 +138,9 @@ def row(record: dict[str, Any], metric: str) -> dict[str, Any]:
     stages = record.get("stages") or []
     technique_label = tech.get("name", "?")
     if stages:
-        technique_label = " -> ".join(s["name"] + (f"({s['method']})" if s.get("method") else "") for s in stages)
+        technique_label = " -> ".join(
+            s["name"] + (f"({s['method']})" if s.get("method") else "") for s in stages
+        )
     elif tech.get("method"):
         technique_label += f"({tech['method']})"
     out: dict[str, Any] = {
@@ -149,10 +168,19 @@ def row(record: dict[str, Any], metric: str) -> dict[str, Any]:
         "baseline_key": record.get("baseline_key"),
         "objective": record.get("objective"),
         # Runs with the same setting_key differ only in seeds: they are repeats, aggregated.
-        "setting_key": stable_hash({"config": _without(config, SEED_KEYS), "hardware": hardware}, 12),
+        "setting_key": stable_hash(
+            {"config": _without(config, SEED_KEYS), "hardware": hardware}, 12
+        ),
         "reverse": (config.get("technique") or {}).get("reverse"),
-        "order_key": stable_hash({"config": _without(config, (*SEED_KEYS, ("technique", "reverse"))), "hardware": hardware}, 12)
-        if stages else None,
+        "order_key": stable_hash(
+            {
+                "config": _without(config, (*SEED_KEYS, ("technique", "reverse"))),
+                "hardware": hardware,
+            },
+            12,
+        )
+        if stages
+        else None,
     }
     for key in COST_KEYS:
         out[key] = bench.get(key)
@@ -176,7 +204,9 @@ def dataframe(paths: list[str | Path] | str | Path, metric: str | None = None):
     return pd.DataFrame(rows(paths, metric))
 
 
-def layer_sensitivity(paths: list[str | Path] | str | Path) -> list[tuple[dict[str, Any], tuple[list[int], list[str], list[list[float]]]]]:
+def layer_sensitivity(
+    paths: list[str | Path] | str | Path,
+) -> list[tuple[dict[str, Any], tuple[list[int], list[str], list[list[float]]]]]:
     """(record, (layers, parts, delta-loss matrix)) for every layer-sensitivity run under ``paths``."""
     from infopt.studies.layer_sensitivity import heatmap_matrix
 

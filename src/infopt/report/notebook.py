@@ -12,8 +12,19 @@ from typing import Any
 
 from infopt.report import analysis, load, plots
 
-TABLE_COLUMNS = ["name", "model", "label", "execution", "quality", "recovery", "stored_mb", "compression",
-                 "decode_ms_per_token_b1", "decode_tokens_per_s_b1", "hardware"]
+TABLE_COLUMNS = [
+    "name",
+    "model",
+    "label",
+    "execution",
+    "quality",
+    "recovery",
+    "stored_mb",
+    "compression",
+    "decode_ms_per_token_b1",
+    "decode_tokens_per_s_b1",
+    "hardware",
+]
 
 
 def results_dir(default: str) -> Path:
@@ -30,7 +41,9 @@ def table(path: str | Path, metric: str | None = None):
     import pandas as pd
 
     rows = analysis.aggregate_seeds(load.rows(path, metric))
-    return pd.DataFrame(rows)[[*TABLE_COLUMNS, "n"]] if rows else pd.DataFrame(columns=TABLE_COLUMNS)
+    return (
+        pd.DataFrame(rows)[[*TABLE_COLUMNS, "n"]] if rows else pd.DataFrame(columns=TABLE_COLUMNS)
+    )
 
 
 def pareto_figure(path: str | Path, cost: str = "stored_mb", metric: str | None = None):
@@ -40,7 +53,9 @@ def pareto_figure(path: str | Path, cost: str = "stored_mb", metric: str | None 
     rows = analysis.aggregate_seeds(load.rows(path, metric))
     keys = ("eval_key",) if cost == "stored_mb" else ("eval_key", "hardware")
     groups = sorted(analysis.group_by(rows, *keys).items(), key=lambda kv: str(kv[0]))
-    fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(7 * max(len(groups), 1), 4.5), squeeze=False)
+    fig, axes = plt.subplots(
+        1, max(len(groups), 1), figsize=(7 * max(len(groups), 1), 4.5), squeeze=False
+    )
     for ax, (key, members) in zip(axes[0], groups, strict=False):
         points = analysis.pareto_points(members, cost)
         plots.pareto_axes(ax, points, cost, members[0]["metric"], members[0]["higher_is_better"])
@@ -56,10 +71,26 @@ def order_effects_figure(path: str | Path, metric: str | None = None):
     effects = analysis.order_effects(load.rows(path, metric))
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, e in enumerate(effects):
-        ax.bar([2 * i, 2 * i + 0.8], [e["quality_forward"], e["quality_reversed"]], width=0.7, color=["tab:blue", "tab:orange"])
-        ax.text(2 * i + 0.4, max(e["quality_forward"], e["quality_reversed"]), f"A - B = {e['quality_difference']:.3g}", ha="center", va="bottom", fontsize=8)
-    ax.set_xticks([x for i in range(len(effects)) for x in (2 * i, 2 * i + 0.8)],
-                  [lbl for e in effects for lbl in (f"A: {e['forward']}", f"B: {e['reversed']}")], fontsize=7, rotation=15)
+        ax.bar(
+            [2 * i, 2 * i + 0.8],
+            [e["quality_forward"], e["quality_reversed"]],
+            width=0.7,
+            color=["tab:blue", "tab:orange"],
+        )
+        ax.text(
+            2 * i + 0.4,
+            max(e["quality_forward"], e["quality_reversed"]),
+            f"A - B = {e['quality_difference']:.3g}",
+            ha="center",
+            va="bottom",
+            fontsize=8,
+        )
+    ax.set_xticks(
+        [x for i in range(len(effects)) for x in (2 * i, 2 * i + 0.8)],
+        [lbl for e in effects for lbl in (f"A: {e['forward']}", f"B: {e['reversed']}")],
+        fontsize=7,
+        rotation=15,
+    )
     ax.set_ylabel(effects[0]["metric"] if effects else "quality")
     ax.set_title("order effects: the same stages in both orders", fontsize=9)
     fig.tight_layout()

@@ -34,7 +34,9 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
-def pareto_axes(ax, points: list[dict[str, Any]], cost: str, metric: str, higher_is_better: bool) -> None:
+def pareto_axes(
+    ax, points: list[dict[str, Any]], cost: str, metric: str, higher_is_better: bool
+) -> None:
     """Draw runs (error bars = 95% CI over seeds), baselines (stars) and the Pareto front on ``ax``."""
     drawn = [p for p in points if _finite(p.get(cost)) and _finite(p.get("quality"))]
     several_models = len({p.get("model") for p in drawn}) > 1
@@ -43,32 +45,78 @@ def pareto_axes(ax, points: list[dict[str, Any]], cost: str, metric: str, higher
         yerr = p.get("quality_ci") if _finite(p.get("quality_ci")) else None
         if p.get("is_baseline"):
             edge = "tab:red" if p.get("pareto") else "black"
-            ax.plot(p[cost], p["quality"], marker="*", markersize=16, color="black", markeredgecolor=edge,
-                    markeredgewidth=1.5, linestyle="none", zorder=4)
+            ax.plot(
+                p[cost],
+                p["quality"],
+                marker="*",
+                markersize=16,
+                color="black",
+                markeredgecolor=edge,
+                markeredgewidth=1.5,
+                linestyle="none",
+                zorder=4,
+            )
         elif p.get("pareto"):
-            ax.errorbar(p[cost], p["quality"], xerr=xerr, yerr=yerr, fmt="o", markersize=8, color="tab:red",
-                        ecolor="tab:red", capsize=3, zorder=3)
+            ax.errorbar(
+                p[cost],
+                p["quality"],
+                xerr=xerr,
+                yerr=yerr,
+                fmt="o",
+                markersize=8,
+                color="tab:red",
+                ecolor="tab:red",
+                capsize=3,
+                zorder=3,
+            )
         else:
-            ax.errorbar(p[cost], p["quality"], xerr=xerr, yerr=yerr, fmt="o", markersize=6, color="tab:gray",
-                        ecolor="tab:gray", alpha=0.8, capsize=3, zorder=2)
+            ax.errorbar(
+                p[cost],
+                p["quality"],
+                xerr=xerr,
+                yerr=yerr,
+                fmt="o",
+                markersize=6,
+                color="tab:gray",
+                ecolor="tab:gray",
+                alpha=0.8,
+                capsize=3,
+                zorder=2,
+            )
         label = p.get("label") or p.get("name") or ""
         if several_models:
             label += f" [{p.get('model')}]"
         if p.get("n", 1) > 1:
             label += f" (n={p['n']})"
-        ax.annotate(label, (p[cost], p["quality"]), textcoords="offset points", xytext=(5, 4), fontsize=7)
+        ax.annotate(
+            label, (p[cost], p["quality"]), textcoords="offset points", xytext=(5, 4), fontsize=7
+        )
     front = sorted((p for p in drawn if p.get("pareto")), key=lambda p: p[cost])
     if len(front) > 1:
-        ax.step([p[cost] for p in front], [p["quality"] for p in front], where="post", color="tab:red", alpha=0.5, zorder=1)
+        ax.step(
+            [p[cost] for p in front],
+            [p["quality"] for p in front],
+            where="post",
+            color="tab:red",
+            alpha=0.5,
+            zorder=1,
+        )
     qualities = [p["quality"] for p in drawn]
-    if not higher_is_better and qualities and min(qualities) > 0 and max(qualities) / min(qualities) > 10:
+    if (
+        not higher_is_better
+        and qualities
+        and min(qualities) > 0
+        and max(qualities) / min(qualities) > 10
+    ):
         ax.set_yscale("log")
     ax.set_xlabel(COST_LABELS.get(cost, cost))
     ax.set_ylabel(f"{metric} ({'higher' if higher_is_better else 'lower'} is better)")
     from matplotlib.lines import Line2D
 
     handles = [
-        Line2D([], [], marker="*", color="black", linestyle="none", markersize=12, label="baseline"),
+        Line2D(
+            [], [], marker="*", color="black", linestyle="none", markersize=12, label="baseline"
+        ),
         Line2D([], [], marker="o", color="tab:red", linestyle="none", label="Pareto-optimal"),
         Line2D([], [], marker="o", color="tab:gray", linestyle="none", label="dominated"),
     ]
@@ -76,7 +124,9 @@ def pareto_axes(ax, points: list[dict[str, Any]], cost: str, metric: str, higher
     ax.grid(alpha=0.3)
 
 
-def pareto_png(points: list[dict[str, Any]], cost: str, metric: str, higher_is_better: bool, title: str) -> bytes:
+def pareto_png(
+    points: list[dict[str, Any]], cost: str, metric: str, higher_is_better: bool, title: str
+) -> bytes:
     plt, fig, ax = _figure()
     import textwrap
 
@@ -85,9 +135,13 @@ def pareto_png(points: list[dict[str, Any]], cost: str, metric: str, higher_is_b
     return _png(plt, fig)
 
 
-def layer_heatmap_png(layers: list[int], parts: list[str], matrix: list[list[float]], title: str) -> bytes:
+def layer_heatmap_png(
+    layers: list[int], parts: list[str], matrix: list[list[float]], title: str
+) -> bytes:
     """Layers down, parts across; colour = held-out loss change when only that part is changed."""
-    plt, fig, ax = _figure(width=2.2 + 1.3 * max(len(parts), 1), height=1.2 + 0.28 * max(len(layers), 1))
+    plt, fig, ax = _figure(
+        width=2.2 + 1.3 * max(len(parts), 1), height=1.2 + 0.28 * max(len(layers), 1)
+    )
     im = ax.imshow(matrix, aspect="auto", cmap="viridis")
     ax.set_xticks(range(len(parts)), parts)
     ax.set_yticks(range(len(layers)), [str(i) for i in layers])

@@ -31,7 +31,10 @@ if TYPE_CHECKING:
     from infopt.config.schema import InfoptConfig
     from infopt.context import RunContext
 
-PART_MATCH = {"attn": "attn", "mlp": "mlp"}  # child-name substrings: Llama self_attn/mlp, GPT-2 attn/mlp
+PART_MATCH = {
+    "attn": "attn",
+    "mlp": "mlp",
+}  # child-name substrings: Llama self_attn/mlp, GPT-2 attn/mlp
 
 
 def decoder_layers(model: nn.Module) -> tuple[str, Any]:
@@ -42,7 +45,9 @@ def decoder_layers(model: nn.Module) -> tuple[str, Any]:
     for name, module in model.named_modules():
         if isinstance(module, nn.ModuleList) and len(module) == n:
             return name, module
-    raise ResourceError(f"layer_sensitivity: no ModuleList of the model's {n} decoder layers found in {type(model).__name__}")
+    raise ResourceError(
+        f"layer_sensitivity: no ModuleList of the model's {n} decoder layers found in {type(model).__name__}"
+    )
 
 
 def part_name(layer: nn.Module, part: str) -> str:
@@ -50,7 +55,9 @@ def part_name(layer: nn.Module, part: str) -> str:
         if PART_MATCH[part] in child:
             return child
     names = ", ".join(n for n, _ in layer.named_children())
-    raise ResourceError(f"layer_sensitivity: no {part} sub-module in {type(layer).__name__} (children: {names})")
+    raise ResourceError(
+        f"layer_sensitivity: no {part} sub-module in {type(layer).__name__} (children: {names})"
+    )
 
 
 def mean_nll(model: nn.Module, blocks) -> float:
@@ -60,12 +67,19 @@ def mean_nll(model: nn.Module, blocks) -> float:
     return total / count
 
 
-def heatmap_matrix(metrics: dict[str, float], key: str = "delta_loss") -> tuple[list[int], list[str], list[list[float]]]:
+def heatmap_matrix(
+    metrics: dict[str, float], key: str = "delta_loss"
+) -> tuple[list[int], list[str], list[list[float]]]:
     """(layers, parts, matrix[layer][part]) from ``layer<NN>/<part>/<key>`` metric keys."""
     cells: dict[tuple[int, str], float] = {}
     for k, v in metrics.items():
         parts = k.split("/")
-        if len(parts) == 3 and parts[0].startswith("layer") and parts[0][5:].isdigit() and parts[2] == key:
+        if (
+            len(parts) == 3
+            and parts[0].startswith("layer")
+            and parts[0][5:].isdigit()
+            and parts[2] == key
+        ):
             cells[(int(parts[0][5:]), parts[1])] = v
     layers = sorted({layer for layer, _ in cells})
     cols = [p for p in ("block", "attn", "mlp") if any(c == p for _, c in cells)]
@@ -103,11 +117,17 @@ class LayerSensitivity(Technique):
         inner_cfg, inner = self._inner()
         blocks = ctx.data.heldout_blocks(cfg.seq_len)[: cfg.eval_blocks]  # (N, T)
         if blocks.shape[0] == 0:
-            raise ResourceError(f"layer_sensitivity: the held-out text is shorter than technique.seq_len={cfg.seq_len}; lower it")
+            raise ResourceError(
+                f"layer_sensitivity: the held-out text is shorter than technique.seq_len={cfg.seq_len}; lower it"
+            )
         model.eval()
         base = mean_nll(model, blocks)
 
-        inner_ctx = dataclasses.replace(ctx, cfg=dataclasses.replace(ctx.cfg, technique=inner_cfg), output_dir=ctx.subdir("inner"))
+        inner_ctx = dataclasses.replace(
+            ctx,
+            cfg=dataclasses.replace(ctx.cfg, technique=inner_cfg),
+            output_dir=ctx.subdir("inner"),
+        )
         applied = inner.apply(copy.deepcopy(model), inner_ctx)
         changed = applied.model
         changed.eval()
@@ -115,7 +135,11 @@ class LayerSensitivity(Technique):
 
         path, originals = decoder_layers(model)
         replacements = changed.get_submodule(path)
-        metrics: dict[str, float] = {"loss_base": base, "loss_all_layers": full, "delta_loss_all_layers": full - base}
+        metrics: dict[str, float] = {
+            "loss_base": base,
+            "loss_all_layers": full,
+            "delta_loss_all_layers": full - base,
+        }
         rows: list[list[Any]] = []
         with torch.no_grad():
             for i in range(len(originals)):
@@ -138,10 +162,17 @@ class LayerSensitivity(Technique):
                     metrics[f"layer{i:02d}/{part}/delta_loss"] = loss - base
                     rows.append([i, part, loss, loss - base])
         first = cfg.parts[0]
-        per_layer = sorted(((metrics[f"layer{i:02d}/{first}/delta_loss"], i) for i in range(len(originals))), reverse=True)
+        per_layer = sorted(
+            ((metrics[f"layer{i:02d}/{first}/delta_loss"], i) for i in range(len(originals))),
+            reverse=True,
+        )
         metrics[f"sum_delta_loss_layers_{first}"] = sum(d for d, _ in per_layer)
         top = [i for _, i in per_layer[: cfg.top_k]]
-        settings = {k: v for k, v in dataclasses.asdict(inner_cfg).items() if k not in ("name", "export", "save_model")}
+        settings = {
+            k: v
+            for k, v in dataclasses.asdict(inner_cfg).items()
+            if k not in ("name", "export", "save_model")
+        }
         notes = [
             f"layer sensitivity of {inner_cfg.name} {settings}; loss = mean token NLL on {blocks.shape[0]} held-out "
             f"windows of {cfg.seq_len} tokens: base {base:.4f}, all layers changed {full:.4f}",
@@ -156,7 +187,11 @@ class LayerSensitivity(Technique):
 
             png = ctx.output_dir / "layer_sensitivity.png"
             layers, parts, matrix = heatmap_matrix(metrics)
-            png.write_bytes(layer_heatmap_png(layers, parts, matrix, title=f"held-out loss change per layer: {inner_cfg.name}"))
+            png.write_bytes(
+                layer_heatmap_png(
+                    layers, parts, matrix, title=f"held-out loss change per layer: {inner_cfg.name}"
+                )
+            )
             ctx.logger.log_image("layer_sensitivity/heatmap", png)
             artifacts = {**applied.artifacts, "heatmap": str(png)}
         except ImportError:  # matplotlib missing: the numbers are still in the record

@@ -19,7 +19,9 @@ class LayerSensitivityConfig(TechniqueConfig):
     inner: Any = None
     # What is swapped in per layer: block (the whole decoder layer), attn, mlp (its sub-modules).
     parts: list[str] = field(default_factory=lambda: ["block"])
-    eval_blocks: int = 8  # held-out windows scored per layer (the loss is the mean token NLL over them)
+    eval_blocks: int = (
+        8  # held-out windows scored per layer (the loss is the mean token NLL over them)
+    )
     seq_len: int = 256  # tokens per window
     top_k: int = 3  # how many most-sensitive layers the result names
 
@@ -31,7 +33,9 @@ class LayerSensitivityConfig(TechniqueConfig):
     def validate(self) -> None:
         super().validate()
         if not self.inner:
-            raise ConfigError("technique.inner is empty; give the technique to apply per layer, e.g. technique.inner='{name: quantize}'")
+            raise ConfigError(
+                "technique.inner is empty; give the technique to apply per layer, e.g. technique.inner='{name: quantize}'"
+            )
         if not self.parts:
             raise ConfigError(f"technique.parts is empty; choose from: {', '.join(PARTS)}")
         for part in self.parts:

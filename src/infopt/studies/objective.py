@@ -13,12 +13,21 @@ from typing import Any
 from infopt.config.schema import ObjectiveConfig
 
 
-def objective_value(cfg: ObjectiveConfig, summary: dict[str, Any]) -> tuple[float | None, dict[str, Any]]:
+def objective_value(
+    cfg: ObjectiveConfig, summary: dict[str, Any]
+) -> tuple[float | None, dict[str, Any]]:
     """(value, detail) for a run's summary (keys as logged: eval/..., bench/..., ratios/..., technique/...)."""
     value = summary.get(cfg.metric)
-    detail: dict[str, Any] = {"metric": cfg.metric, "direction": cfg.direction, "value": value, "budget": dict(cfg.budget)}
+    detail: dict[str, Any] = {
+        "metric": cfg.metric,
+        "direction": cfg.direction,
+        "value": value,
+        "budget": dict(cfg.budget),
+    }
     if value is None:
-        detail["missing"] = f"{cfg.metric} is not in this run's results (set objective.metric to one that is)"
+        detail["missing"] = (
+            f"{cfg.metric} is not in this run's results (set objective.metric to one that is)"
+        )
         return None, detail
     excess = 0.0
     over: dict[str, float] = {}

@@ -26,11 +26,20 @@ SKIP_MARKER = "skipped.json"
 def completed_record(output_dir: Path, config_hash: str) -> dict[str, Any] | None:
     """The stored record if ``output_dir`` already holds a complete run of this config, else None."""
     record = read_json(output_dir / "results.json")
-    if not record or record.get("config_hash") != config_hash or (record.get("run") or {}).get("status") != "complete":
+    if (
+        not record
+        or record.get("config_hash") != config_hash
+        or (record.get("run") or {}).get("status") != "complete"
+    ):
         return None
-    atomic_write_json(output_dir / SKIP_MARKER, {"at": datetime.now(timezone.utc).isoformat(), "config_hash": config_hash})
-    message = (f"infopt: skipped: {output_dir}/results.json already holds this config (config_hash {config_hash}); "
-               "skip_completed=false runs it again")
+    atomic_write_json(
+        output_dir / SKIP_MARKER,
+        {"at": datetime.now(timezone.utc).isoformat(), "config_hash": config_hash},
+    )
+    message = (
+        f"infopt: skipped: {output_dir}/results.json already holds this config (config_hash {config_hash}); "
+        "skip_completed=false runs it again"
+    )
     log.info(message)
     return {**record, "skipped": True}
 
@@ -57,6 +66,8 @@ class SweepSummary(Callback):
         if not sweep_dir.is_dir():
             return
         ran, skipped = count_jobs(sweep_dir, self.started)
-        message = (f"infopt sweep {sweep_dir}: {ran} job(s) ran, {skipped} skipped "
-                   "(results.json already held the same config)")
+        message = (
+            f"infopt sweep {sweep_dir}: {ran} job(s) ran, {skipped} skipped "
+            "(results.json already held the same config)"
+        )
         log.info(message)

@@ -76,7 +76,9 @@ class Pipeline(Technique):
         for step, (index, stage_cfg, technique) in enumerate(stages):
             where = f"technique.stages[{index}] ({stage_cfg.name}, applied as step {step + 1} of {len(stages)})"
             if stage_cfg.export != "none" or stage_cfg.save_model:
-                raise ConfigError(f"{where}: export/save_model are set on the pipeline (technique.export), not on a stage")
+                raise ConfigError(
+                    f"{where}: export/save_model are set on the pipeline (technique.export), not on a stage"
+                )
             if technique.needs_data and has_training_documents(cfg.data) is False:
                 raise ConfigError(
                     f"{where} needs training/calibration text but data.max_docs={cfg.data.max_docs} leaves no "
@@ -112,7 +114,9 @@ class Pipeline(Technique):
         for step, (index, stage_cfg, technique) in enumerate(stages):
             label = f"{step + 1}_{stage_cfg.name}"
             stage_ctx = dataclasses.replace(
-                ctx, cfg=dataclasses.replace(ctx.cfg, technique=stage_cfg), output_dir=ctx.subdir(f"stages/{label}")
+                ctx,
+                cfg=dataclasses.replace(ctx.cfg, technique=stage_cfg),
+                output_dir=ctx.subdir(f"stages/{label}"),
             )
             t = time.perf_counter()
             applied = technique.apply(model, stage_ctx)
@@ -138,17 +142,25 @@ class Pipeline(Technique):
                 "result": measurement,
                 # cumulative: against the untouched baseline; stage: against the previous stage.
                 "ratios": {
-                    "cumulative": compute_ratios(ctx.baseline, measurement) if ctx.baseline and measurement else {},
-                    "stage": compute_ratios(previous, measurement) if previous and measurement else {},
+                    "cumulative": compute_ratios(ctx.baseline, measurement)
+                    if ctx.baseline and measurement
+                    else {},
+                    "stage": compute_ratios(previous, measurement)
+                    if previous and measurement
+                    else {},
                 },
             }
             records.append(record)
             if measurement is not None:
                 previous = measurement
                 logged = {"pipeline/step": step + 1, **flatten(measurement, prefix="pipeline/")}
-                logged.update({f"pipeline/ratios/{k}": v for k, v in record["ratios"]["cumulative"].items()})
+                logged.update(
+                    {f"pipeline/ratios/{k}": v for k, v in record["ratios"]["cumulative"].items()}
+                )
                 ctx.logger.log_metrics(logged, step=step)
-            metrics.update({f"stage{step + 1}_{stage_cfg.name}/{k}": v for k, v in applied.metrics.items()})
+            metrics.update(
+                {f"stage{step + 1}_{stage_cfg.name}/{k}": v for k, v in applied.metrics.items()}
+            )
             notes.extend(f"stage {step + 1} ({stage_cfg.name}): {n}" for n in applied.notes)
             artifacts.update({f"stage{step + 1}_{k}": v for k, v in applied.artifacts.items()})
         order = " -> ".join(f"{r['name']} ({r['execution']})" for r in records)

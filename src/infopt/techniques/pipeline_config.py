@@ -31,11 +31,15 @@ def build_stage_config(stage: Any, where: str) -> TechniqueConfig:
         )
     name = stage["name"]
     if name in WRAPPERS:
-        raise ConfigError(f"{where}.name={name!r}: a {name} cannot be a stage; list its stages directly")
+        raise ConfigError(
+            f"{where}.name={name!r}: a {name} cannot be a stage; list its stages directly"
+        )
     cls = config_class(name)  # unknown names raise ConfigError with the valid ones
     if spec(name).impl is None:
         # Before the keys are checked: a placeholder schema would reject every real key.
-        raise NotImplementedTechnique(f"{where}: technique={name} is not implemented yet; implemented techniques: {', '.join(implemented())}")
+        raise NotImplementedTechnique(
+            f"{where}: technique={name} is not implemented yet; implemented techniques: {', '.join(implemented())}"
+        )
     try:
         node = OmegaConf.merge(OmegaConf.structured(cls), stage)
         obj = OmegaConf.to_object(node)
@@ -65,7 +69,9 @@ class PipelineConfig(TechniqueConfig):
 
     def stage_configs(self) -> list[tuple[int, TechniqueConfig]]:
         """(index in ``stages``, validated config) in the order the stages are applied."""
-        built = [(i, build_stage_config(s, f"technique.stages[{i}]")) for i, s in enumerate(self.stages)]
+        built = [
+            (i, build_stage_config(s, f"technique.stages[{i}]")) for i, s in enumerate(self.stages)
+        ]
         return list(reversed(built)) if self.reverse else built
 
     def validate(self) -> None:
