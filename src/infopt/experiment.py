@@ -23,6 +23,10 @@ from infopt.results import SCHEMA_VERSION, compute_ratios, environment, flatten,
 
 log = logging.getLogger(__name__)
 
+# Keys of the config that do not change what a run computes (where it writes, how it logs,
+# whether finished jobs are skipped): left out of ``config_hash``.
+HASH_EXCLUDED = ("paths", "logger", "skip_completed")
+
 
 @dataclass
 class JobInfo:
@@ -67,9 +71,7 @@ class Measurer:
         self.cfg, self.tokenizer, self.data, self.cache_dir = cfg, tokenizer, data, cache_dir
         self.notes: list[str] = []
 
-    def __call__(
-        self, model, generate_kwargs: dict[str, Any] | None = None
-    ) -> dict[str, dict[str, float]]:
+    def __call__(self, model, generate_kwargs: dict[str, Any] | None = None) -> dict[str, dict[str, float]]:
         from infopt.bench.measure import measure
         from infopt.evaluation.runner import evaluate
 
@@ -81,15 +83,10 @@ class Measurer:
             if self.cfg.bench.backend != "transformers":
                 from infopt.bench.backends import measure_backend
 
-                bench, notes = measure_backend(
-                    model, self.tokenizer, self.cfg, generate_kwargs or {}
-                )
+                bench, notes = measure_backend(model, self.tokenizer, self.cfg, generate_kwargs or {})
             else:
                 bench, notes = measure(
-                    model,
-                    self.cfg.bench,
-                    generate_kwargs,
-                    prompt_stream=self.data.heldout_stream,
+                    model, self.cfg.bench, generate_kwargs, prompt_stream=self.data.heldout_stream,
                     pad_token_id=self.tokenizer.pad_token_id,
                 )
             self.notes.extend(n for n in notes if n not in self.notes)
@@ -134,19 +131,21 @@ def run_experiment(cfg: DictConfig, job: JobInfo | None = None) -> dict[str, Any
     device_info = device_description(device)
 
     config_container = redact(OmegaConf.to_container(cfg, resolve=True))
+    config_hash = stable_hash({k: v for k, v in config_container.items() if k not in HASH_EXCLUDED})
+    if obj.skip_completed:
+        from infopt.studies.sweep import completed_record
+
+        done = completed_record(output_dir, config_hash)
+        if done is not None:  # a rerun sweep: this job already finished with this exact config
+            return done
     run_name = obj.run_name or job.name or f"{obj.model.name}-{obj.technique.name}"
     tags = [f"model:{obj.model.name}", f"technique:{obj.technique.name}", *obj.logger.tags]
     method = getattr(obj.technique, "method", None)
     if method:
         tags.append(f"method:{method}")
-    logger = make_logger(
-        obj.logger,
-        output_dir,
-        name=run_name,
-        group=obj.logger.group or job.group,
-        tags=tags,
-        config=config_container,
-    )
+    if obj.experiment:
+        tags.append(f"experiment:{obj.experiment}")
+    logger = make_logger(obj.logger, output_dir, name=run_name, group=obj.logger.group or job.group, tags=tags, config=config_container)
     exit_code = 1
     try:
         # 2. Load.
@@ -170,22 +169,11 @@ def run_experiment(cfg: DictConfig, job: JobInfo | None = None) -> dict[str, Any
             else:
                 log.info("baseline: measuring")
                 baseline = measurer(model)
-                atomic_write_json(
-                    cache_file, {"key": key, "model": obj.model.name, "measurement": baseline}
-                )
+                atomic_write_json(cache_file, {"key": key, "model": obj.model.name, "measurement": baseline})
 
         # 4. Technique.
-        ctx = RunContext(
-            cfg=obj,
-            tokenizer=tokenizer,
-            data=data,
-            output_dir=output_dir,
-            cache_dir=cache_dir,
-            device=device,
-            logger=logger,
-            measure=measurer,
-            baseline=baseline,
-        )
+        ctx = RunContext(cfg=obj, tokenizer=tokenizer, data=data, output_dir=output_dir, cache_dir=cache_dir,
+                         device=device, logger=logger, measure=measurer, baseline=baseline)
         t = time.perf_counter()
         applied = technique.apply(model, ctx)
         technique_s = time.perf_counter() - t
@@ -194,6 +182,8 @@ def run_experiment(cfg: DictConfig, job: JobInfo | None = None) -> dict[str, Any
         # 5. Measure the result the same way (the baseline technique is its own result).
         if obj.technique.name == "baseline" and baseline is not None:
             result = baseline
+        elif applied.measured is not None:  # the technique measured this exact model already (pipeline)
+            result = applied.measured
         else:
             result = measurer(applied.model, applied.generate_kwargs)
 
@@ -206,9 +196,7 @@ def run_experiment(cfg: DictConfig, job: JobInfo | None = None) -> dict[str, Any
         if obj.technique.export not in ("none", "hf"):
             from infopt.export import export_model
 
-            artifacts[obj.technique.export] = str(
-                export_model(obj.technique.export, applied.model, tokenizer, output_dir, applied)
-            )
+            artifacts[obj.technique.export] = str(export_model(obj.technique.export, applied.model, tokenizer, output_dir, applied))
 
         # 7. Record.
         record: dict[str, Any] = {
@@ -225,9 +213,7 @@ def run_experiment(cfg: DictConfig, job: JobInfo | None = None) -> dict[str, Any
                 "status": "complete",
             },
             "config": config_container,
-            "config_hash": stable_hash(
-                {k: v for k, v in config_container.items() if k not in ("paths", "logger")}
-            ),
+            "config_hash": config_hash,
             "baseline_key": key,
             "baseline_cached": baseline_cached,
             "environment": environment(device_info, obj.seed),
@@ -246,17 +232,28 @@ def run_experiment(cfg: DictConfig, job: JobInfo | None = None) -> dict[str, Any
             "stages": applied.stages,
             "ratios": compute_ratios(baseline, result) if baseline else {},
         }
+        summary = {**flatten(result), **{f"ratios/{k}": v for k, v in record["ratios"].items()},
+                   **{f"technique/{k}": v for k, v in applied.metrics.items()}}
+        # What a search (hydra/sweeper=optuna) optimises: a summary key, penalised over budget.
+        from infopt.studies.objective import objective_value
+
+        record["objective"], record["objective_detail"] = objective_value(obj.objective, summary)
         atomic_write_json(output_dir / "results.json", record)
 
-        summary = {
-            **flatten(result),
-            **{f"ratios/{k}": v for k, v in record["ratios"].items()},
-            **{f"technique/{k}": v for k, v in applied.metrics.items()},
-        }
+        if record["objective"] is not None:
+            summary["objective"] = record["objective"]
         if baseline:
             summary.update(flatten(baseline, prefix="baseline/"))
         logger.log_summary(summary)
-        from infopt.summary import print_summary
+        from infopt.summary import print_summary, rows
+
+        # The same table the terminal shows, and the pipeline's stages, so runs compare in W&B.
+        logger.log_table("results", ["metric", "baseline", "result", "ratio"], [list(r) for r in rows(record)])
+        if applied.stages:
+            from infopt.summary import stage_rows
+
+            columns, stage_table = stage_rows(applied.stages)
+            logger.log_table("stages", columns, stage_table)
 
         print_summary(record)
         exit_code = 0

@@ -65,6 +65,26 @@ def rows(record: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     return out
 
 
+# Ratios shown per pipeline stage: quality kept, size, decode speed.
+STAGE_RATIOS = ("eval/heldout/word_perplexity/recovery", "bench/stored_mb/compression", "bench/decode_tokens_per_s_b1/speedup")
+
+
+def stage_rows(stages: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]]:
+    """A pipeline's stages as a table: cumulative (vs baseline) and per-stage (vs previous) ratios."""
+    columns = ["step", "stage", "execution"]
+    columns += [f"cumulative {k.split('/')[-2]} {k.split('/')[-1]}" for k in STAGE_RATIOS]
+    columns += [f"stage {k.split('/')[-2]} {k.split('/')[-1]}" for k in STAGE_RATIOS]
+    table = []
+    for st in stages:
+        ratios = st.get("ratios") or {}
+        label = st["name"] + (f" ({st['method']})" if st.get("method") else "")
+        row: list[Any] = [st["step"], label, st["execution"]]
+        row += [(ratios.get("cumulative") or {}).get(k) for k in STAGE_RATIOS]
+        row += [(ratios.get("stage") or {}).get(k) for k in STAGE_RATIOS]
+        table.append(row)
+    return columns, table
+
+
 def print_summary(record: dict[str, Any]) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -78,6 +98,14 @@ def print_summary(record: dict[str, Any]) -> None:
         table.add_row(*r)
     console = Console()
     console.print(table)
+    if record.get("stages"):
+        columns, stage_table = stage_rows(record["stages"])
+        st = Table(title="pipeline stages (cumulative: vs baseline; stage: vs the previous stage)")
+        for col in columns:
+            st.add_column(col, justify="right")
+        for r in stage_table:
+            st.add_row(*(_fmt(v) for v in r))
+        console.print(st)
     for note in tech.get("notes", []):
         console.print(f"note: {note}")
     console.print(f"results: {record['run']['output_dir']}/results.json")

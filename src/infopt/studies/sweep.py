@@ -1,0 +1,73 @@
+"""Sweep bookkeeping: skip jobs that already finished with the same config, and say how many.
+
+A job is skipped when its output dir holds a complete ``results.json`` whose ``config_hash`` is
+this job's (the whole composed config except paths, logger and this switch). That needs a sweep
+dir that is the same on the rerun: pass ``hydra.sweep.dir=...`` (named experiments default to
+``outputs/sweeps/<experiment>``). ``SweepSummary`` (a Hydra callback in conf/config.yaml) prints
+how many jobs ran and how many were skipped when the multirun ends.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+from hydra.experimental.callback import Callback
+
+from infopt.io import atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
+SKIP_MARKER = "skipped.json"
+
+
+def completed_record(output_dir: Path, config_hash: str) -> dict[str, Any] | None:
+    """The stored record if ``output_dir`` already holds a complete run of this config, else None."""
+    record = read_json(output_dir / "results.json")
+    if (
+        not record
+        or record.get("config_hash") != config_hash
+        or (record.get("run") or {}).get("status") != "complete"
+    ):
+        return None
+    atomic_write_json(
+        output_dir / SKIP_MARKER,
+        {"at": datetime.now(timezone.utc).isoformat(), "config_hash": config_hash},
+    )
+    message = (
+        f"infopt: skipped: {output_dir}/results.json already holds this config (config_hash {config_hash}); "
+        "skip_completed=false runs it again"
+    )
+    log.info(message)
+    return {**record, "skipped": True}
+
+
+def count_jobs(sweep_dir: Path, since: float) -> tuple[int, int]:
+    """(jobs that wrote results.json, jobs skipped) under ``sweep_dir`` since ``since`` (a time.time())."""
+    ran = sum(1 for p in sweep_dir.rglob("results.json") if p.stat().st_mtime >= since)
+    skipped = sum(1 for p in sweep_dir.rglob(SKIP_MARKER) if p.stat().st_mtime >= since)
+    return ran, skipped
+
+
+class SweepSummary(Callback):
+    """At the end of a multirun: "N jobs ran, M skipped (results.json already held the same config)"."""
+
+    def __init__(self) -> None:
+        self.started = time.time()
+
+    def on_multirun_start(self, config, **kwargs: Any) -> None:
+        # File times have coarse resolution on some filesystems: allow a second of slack.
+        self.started = time.time() - 1.0
+
+    def on_multirun_end(self, config, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        ran, skipped = count_jobs(sweep_dir, self.started)
+        message = (
+            f"infopt sweep {sweep_dir}: {ran} job(s) ran, {skipped} skipped "
+            "(results.json already held the same config)"
+        )
+        log.info(message)
