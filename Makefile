@@ -39,7 +39,6 @@ report: $(STAMP)
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests
-	$(PY) -m ruff format --check src tests
 
 format: $(STAMP)
 	$(PY) -m ruff format src tests
