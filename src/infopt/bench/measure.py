@@ -1,8 +1,8 @@
 """Measured cost of running a model: prefill latency, decode throughput, peak memory, size.
 
 Timing rules: warm-up runs first, then ``repeats`` timed runs, medians reported with the spread
-(min/max). Decode speed excludes prefill: t(generate N) - t(generate 1) over N - 1 tokens, with
-EOS disabled so every run decodes exactly N tokens.
+(min/max). Decode speed excludes prefill: the time from the first decoding step's logits to the
+last step's, over N - 1 steps (``StepClock``), with EOS disabled so every run decodes N tokens.
 """
 
 from __future__ import annotations
@@ -107,6 +107,24 @@ def static_costs(model: nn.Module) -> dict[str, float]:
     }
 
 
+class StepClock:
+    """A logits processor that only records when each decoding step's logits are ready.
+
+    generate() calls it once per step, right after that step's forward pass, for any batch size;
+    the span from the first call (prefill done) to the last is pure decode time. This avoids
+    subtracting two noisy end-to-end timings, which can go negative on a busy machine.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.times: list[float] = []
+
+    def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
+        _sync(self.device)
+        self.times.append(time.perf_counter())
+        return scores
+
+
 def _measure_batch(
     model: nn.Module,
     prompts: torch.Tensor,
@@ -115,38 +133,53 @@ def _measure_batch(
     generate_kwargs: dict[str, Any],
 ) -> dict[str, float]:
     """Prefill and decode numbers at one batch size (keys end in ``_b<batch>``)."""
+    from transformers import LogitsProcessorList
+
     b = prompts.shape[0]
     mask = torch.ones_like(prompts)
+    decode: list[float] = []  # seconds per decoded token, one entry per timed run
+    full: list[float] = []
 
-    def gen(n: int) -> None:
+    def gen(record: bool) -> None:
+        clock = StepClock(device)
+        t = time.perf_counter()
         model.generate(
             input_ids=prompts,
             attention_mask=mask,
-            max_new_tokens=n,
-            min_new_tokens=n,
+            max_new_tokens=cfg.new_tokens,
+            min_new_tokens=cfg.new_tokens,
             do_sample=False,
+            logits_processor=LogitsProcessorList([clock]),
             **generate_kwargs,
         )
+        _sync(device)
+        if record:
+            full.append(time.perf_counter() - t)
+            # Tokens, not calls: assisted generation may call the processor several times a step.
+            if len(clock.times) >= 2:
+                decode.append((clock.times[-1] - clock.times[0]) / (cfg.new_tokens - 1))
 
     prefill = statistics.median(
-        _time(
-            lambda: model(input_ids=prompts, attention_mask=mask), cfg.warmup, cfg.repeats, device
-        )
+        _time(lambda: model(input_ids=prompts, attention_mask=mask), cfg.warmup, cfg.repeats, device)
     )
-    one = statistics.median(_time(lambda: gen(1), cfg.warmup, cfg.repeats, device))
-    full = _time(lambda: gen(cfg.new_tokens), cfg.warmup, cfg.repeats, device)
-    steps = max(cfg.new_tokens - 1, 1)
-    decode = [max(t - one, 1e-9) for t in full]
-    med = statistics.median(decode)
-    return {
+    for _ in range(cfg.warmup):
+        gen(record=False)
+    for _ in range(cfg.repeats):
+        gen(record=True)
+    out = {
         f"prefill_ms_b{b}": 1e3 * prefill,
         f"prefill_tokens_per_s_b{b}": b * cfg.prompt_tokens / prefill,
-        f"decode_tokens_per_s_b{b}": b * steps / med,
-        f"decode_ms_per_token_b{b}": 1e3 * med / steps,
-        f"decode_tokens_per_s_b{b}_min": b * steps / max(decode),
-        f"decode_tokens_per_s_b{b}_max": b * steps / min(decode),
         f"e2e_ms_b{b}": 1e3 * statistics.median(full),
     }
+    if decode:  # new_tokens >= 2
+        med = statistics.median(decode)
+        out.update({
+            f"decode_tokens_per_s_b{b}": b / med,
+            f"decode_ms_per_token_b{b}": 1e3 * med,
+            f"decode_tokens_per_s_b{b}_min": b / max(decode),
+            f"decode_tokens_per_s_b{b}_max": b / min(decode),
+        })
+    return out
 
 
 @torch.inference_mode()

@@ -136,7 +136,7 @@ class BenchConfig:
     def validate(self) -> None:
         choice("bench.backend", self.backend, ("transformers", "llamacpp", "vllm"))
         positive("bench.prompt_tokens", self.prompt_tokens)
-        positive("bench.new_tokens", self.new_tokens)
+        in_range("bench.new_tokens", self.new_tokens, 2, None)  # decode speed needs two steps
         if not self.batch_sizes:
             raise ConfigError("bench.batch_sizes is empty; give at least one, e.g. [1]")
         for b in self.batch_sizes:
