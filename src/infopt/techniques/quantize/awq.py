@@ -18,7 +18,9 @@ from infopt.techniques.quantize.layerwise import input_hooks, smoothing_groups
 from infopt.techniques.quantize.smoothquant import fold_scale
 
 
-def search_scale(x: torch.Tensor, mods: list[tuple[nn.Module, QuantSpec]], grid: int) -> tuple[torch.Tensor, float, float]:
+def search_scale(
+    x: torch.Tensor, mods: list[tuple[nn.Module, QuantSpec]], grid: int
+) -> tuple[torch.Tensor, float, float]:
     """Best per-channel scale for (N, in) inputs x; returns (s, best alpha, error at alpha=0 / best)."""
     x = x.float()
     x_mean = x.abs().mean(dim=0)  # (in,)
@@ -30,7 +32,7 @@ def search_scale(x: torch.Tensor, mods: list[tuple[nn.Module, QuantSpec]], grid:
         s = x_mean.clamp(min=1e-4).pow(a)
         s = s / (s.max() * s.min()).sqrt()
         err = 0.0
-        for (m, spec), ref in zip(mods, refs):
+        for (m, spec), ref in zip(mods, refs, strict=True):
             w = get_weight(m).float() * s.unsqueeze(0)  # (out, in)
             wq = rtn_quantize(w, spec).dequantize() / s.unsqueeze(0)
             err += float(((x @ wq.t() - ref) ** 2).mean())
@@ -42,7 +44,9 @@ def search_scale(x: torch.Tensor, mods: list[tuple[nn.Module, QuantSpec]], grid:
 
 
 @torch.no_grad()
-def quantize_awq(runner, layers: dict[str, tuple[nn.Module, QuantSpec]], grid: int, max_tokens: int, log=None) -> tuple[dict[str, QuantizedWeight], dict[str, float]]:
+def quantize_awq(
+    runner, layers: dict[str, tuple[nn.Module, QuantSpec]], grid: int, max_tokens: int, log=None
+) -> tuple[dict[str, QuantizedWeight], dict[str, float]]:
     from infopt.techniques.quantize.gptq import _block_prefix
     from infopt.techniques.quantize.rtn import quantize_rtn
 
@@ -54,7 +58,9 @@ def quantize_awq(runner, layers: dict[str, tuple[nn.Module, QuantSpec]], grid: i
     for idx, block in runner.blocks():
         names = dict(block.named_modules())
         full = {n: f"{prefix}{idx}.{n}" for n in names}
-        groups = [(p, [n for n in lins if full[n] in layers], k) for p, lins, k in smoothing_groups(block)]
+        groups = [
+            (p, [n for n in lins if full[n] in layers], k) for p, lins, k in smoothing_groups(block)
+        ]
         groups = [g for g in groups if g[1]]
         firsts = {lins[0]: names[lins[0]] for _, lins, _ in groups}
         xs: dict[str, list[torch.Tensor]] = {n: [] for n in firsts}
@@ -79,5 +85,8 @@ def quantize_awq(runner, layers: dict[str, tuple[nn.Module, QuantSpec]], grid: i
         if log is not None:
             log(f"awq: block {idx + 1}/{len(runner.layers)}")
     result.update(quantize_rtn({n: v for n, v in layers.items() if n not in done}))
-    stats = {"awq_mean_alpha": sum(alphas) / max(len(alphas), 1), "awq_mean_error_reduction": sum(gains) / max(len(gains), 1)}
+    stats = {
+        "awq_mean_alpha": sum(alphas) / max(len(alphas), 1),
+        "awq_mean_error_reduction": sum(gains) / max(len(gains), 1),
+    }
     return result, stats

@@ -28,6 +28,7 @@ class QuantSpec:
 
 # --- layers ---------------------------------------------------------------------------------
 
+
 def is_linear(module: nn.Module) -> bool:
     return isinstance(module, (nn.Linear, Conv1D))
 
@@ -60,9 +61,13 @@ def find_layers(model: nn.Module, cfg) -> dict[str, tuple[nn.Module, QuantSpec]]
         if ov is not None and ov.skip:
             continue
         spec = QuantSpec(
-            bits=ov.bits if ov is not None and ov.bits is not None else cfg.bits,
-            group_size=ov.group_size if ov is not None and ov.group_size is not None else cfg.group_size,
-            symmetric=ov.symmetric if ov is not None and ov.symmetric is not None else cfg.symmetric,
+            bits=ov.bits if ov is not None and ov.bits is not None else cfg.weight_bits,
+            group_size=ov.group_size
+            if ov is not None and ov.group_size is not None
+            else cfg.group_size,
+            symmetric=ov.symmetric
+            if ov is not None and ov.symmetric is not None
+            else cfg.symmetric,
         )
         out[name] = (module, spec)
     return out
@@ -78,9 +83,15 @@ def check_group_sizes(shapes: dict[str, int], cfg) -> None:
             continue
         g = ov.group_size if ov is not None and ov.group_size is not None else cfg.group_size
         if g > 0 and in_f % g:
-            key = "technique.group_size" if ov is None or ov.group_size is None else f"technique.overrides[pattern={ov.pattern!r}].group_size"
+            key = (
+                "technique.group_size"
+                if ov is None or ov.group_size is None
+                else f"technique.overrides[pattern={ov.pattern!r}].group_size"
+            )
             widths = sorted(set(shapes.values()))
-            valid = sorted({d for d in range(1, max(widths) + 1) if all(w % d == 0 for w in widths)} - {1})
+            valid = sorted(
+                {d for d in range(1, max(widths) + 1) if all(w % d == 0 for w in widths)} - {1}
+            )
             raise ConfigError(
                 f"{key}={g} does not divide the input width {in_f} of layer {name}; "
                 f"allowed: -1 (per channel), 0 (per tensor) or a divisor of every targeted width {widths}, e.g. {valid[-6:]}"
@@ -96,6 +107,7 @@ def matches(name: str, patterns: list[str]) -> bool:
 
 
 # --- quantization ---------------------------------------------------------------------------
+
 
 def _fp16_round(scale: torch.Tensor) -> torch.Tensor:
     # Stored as float16: round now so simulated, packed and reloaded weights agree exactly.
@@ -183,6 +195,7 @@ def rtn_quantize(w: torch.Tensor, spec: QuantSpec) -> QuantizedWeight:
 
 # --- bit packing ----------------------------------------------------------------------------
 
+
 def pack_bits(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Flat uint8 stream holding ``codes`` (any shape, values < 2^bits) at ``bits`` bits each."""
     flat = codes.reshape(-1).to(torch.uint8)
@@ -211,6 +224,8 @@ def unpack_bits(packed: torch.Tensor, bits: int, numel: int) -> torch.Tensor:
         shifts = torch.arange(per, dtype=torch.int32) * bits
         vals = (packed.to(torch.int32).unsqueeze(1) >> shifts) & (2**bits - 1)  # (bytes, per)
         return vals.reshape(-1)[:numel].to(torch.uint8)
-    bitm = (packed.to(torch.int32).unsqueeze(1) >> torch.arange(8, dtype=torch.int32)) & 1  # (bytes, 8)
+    bitm = (
+        packed.to(torch.int32).unsqueeze(1) >> torch.arange(8, dtype=torch.int32)
+    ) & 1  # (bytes, 8)
     bitm = bitm.reshape(-1)[: numel * bits].view(numel, bits)
     return (bitm << torch.arange(bits, dtype=torch.int32)).sum(dim=1).to(torch.uint8)

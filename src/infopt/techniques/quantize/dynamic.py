@@ -26,7 +26,13 @@ def conv1d_to_linear(model: nn.Module, names: list[str]) -> None:
         mod = model.get_submodule(name)
         if isinstance(mod, Conv1D):
             in_f, out_f = mod.weight.shape
-            lin = nn.Linear(in_f, out_f, bias=mod.bias is not None, dtype=mod.weight.dtype, device=mod.weight.device)
+            lin = nn.Linear(
+                in_f,
+                out_f,
+                bias=mod.bias is not None,
+                dtype=mod.weight.dtype,
+                device=mod.weight.device,
+            )
             with torch.no_grad():
                 lin.weight.copy_(mod.weight.t())
                 if mod.bias is not None:
@@ -41,10 +47,17 @@ def torch_ao_dynamic(model: nn.Module, names: list[str]) -> nn.Module:
     conv1d_to_linear(model, names)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # torch.ao deprecation notices
-        return quantize_dynamic(model, {name: per_channel_dynamic_qconfig for name in names}, dtype=torch.qint8, inplace=True)
+        return quantize_dynamic(
+            model,
+            {name: per_channel_dynamic_qconfig for name in names},
+            dtype=torch.qint8,
+            inplace=True,
+        )
 
 
-def torchao_quantize(model: nn.Module, names: list[str], backend: str, group_size: int) -> nn.Module:
+def torchao_quantize(
+    model: nn.Module, names: list[str], backend: str, group_size: int
+) -> nn.Module:
     """torchao's quantize_ on the named layers (Conv1D converted to Linear first)."""
     from torchao.quantization import quantize_
 
@@ -62,5 +75,7 @@ def torchao_quantize(model: nn.Module, names: list[str], backend: str, group_siz
         from torchao.quantization import Int4WeightOnlyConfig
 
         config = Int4WeightOnlyConfig(group_size=group_size if group_size > 0 else 128)
-    quantize_(model, config, filter_fn=lambda mod, fqn: isinstance(mod, nn.Linear) and fqn in wanted)
+    quantize_(
+        model, config, filter_fn=lambda mod, fqn: isinstance(mod, nn.Linear) and fqn in wanted
+    )
     return model

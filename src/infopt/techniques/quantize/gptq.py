@@ -17,7 +17,14 @@ import math
 import torch
 from torch import nn
 
-from infopt.techniques.quantize.core import QuantizedWeight, QuantSpec, get_weight, qparams, quantize, set_weight
+from infopt.techniques.quantize.core import (
+    QuantizedWeight,
+    QuantSpec,
+    get_weight,
+    qparams,
+    quantize,
+    set_weight,
+)
 
 
 class HessianAccumulator:
@@ -37,7 +44,14 @@ class HessianAccumulator:
 
 
 @torch.no_grad()
-def gptq_quantize(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, damp: float = 0.01, block_size: int = 128, act_order: bool = True) -> tuple[QuantizedWeight, float]:
+def gptq_quantize(
+    w: torch.Tensor,
+    H: torch.Tensor,
+    spec: QuantSpec,
+    damp: float = 0.01,
+    block_size: int = 128,
+    act_order: bool = True,
+) -> tuple[QuantizedWeight, float]:
     """Quantize an (out, in) weight given its (in, in) Hessian; returns codes and the loss sum."""
     W = w.clone().float()
     out_f, in_f = W.shape
@@ -112,7 +126,14 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, spec: QuantSpec, damp: float
 
 
 @torch.no_grad()
-def quantize_gptq(runner, layers: dict[str, tuple[nn.Module, QuantSpec]], damp: float, block_size: int, act_order: bool, log=None) -> tuple[dict[str, QuantizedWeight], dict[str, float]]:
+def quantize_gptq(
+    runner,
+    layers: dict[str, tuple[nn.Module, QuantSpec]],
+    damp: float,
+    block_size: int,
+    act_order: bool,
+    log=None,
+) -> tuple[dict[str, QuantizedWeight], dict[str, float]]:
     """GPTQ on every targeted layer inside the decoder blocks, block by block; others get RTN."""
     from infopt.techniques.quantize.rtn import quantize_rtn
 
@@ -128,7 +149,9 @@ def quantize_gptq(runner, layers: dict[str, tuple[nn.Module, QuantSpec]], damp: 
             continue
         acc = shared_hessians(runner, block, mine)
         for n, m in mine.items():
-            qw, loss = gptq_quantize(get_weight(m), acc[n].H, layers[n][1], damp, block_size, act_order)
+            qw, loss = gptq_quantize(
+                get_weight(m), acc[n].H, layers[n][1], damp, block_size, act_order
+            )
             set_weight(m, qw.dequantize())
             result[n], losses[n] = qw, loss
             done.add(n)
@@ -148,7 +171,9 @@ def _block_prefix(runner) -> str:
     raise ValueError("decoder blocks not found among the model's modules")
 
 
-def shared_hessians(runner, block: nn.Module, mine: dict[str, nn.Module]) -> dict[str, HessianAccumulator]:
+def shared_hessians(
+    runner, block: nn.Module, mine: dict[str, nn.Module]
+) -> dict[str, HessianAccumulator]:
     """One Hessian per distinct input: q/k/v (and gate/up) read the same tensor, so they share one
     accumulator instead of three X^T X products."""
     from infopt.techniques.quantize.layerwise import input_hooks
@@ -168,7 +193,10 @@ def shared_hessians(runner, block: nn.Module, mine: dict[str, nn.Module]) -> dic
             acc[name] = HessianAccumulator(x.shape[1], x.device)
         acc[name].add(x)
 
-    for hidden, kw in runner.inputs:  # one batch at a time so input pointers are not reused across batches
+    for (
+        hidden,
+        kw,
+    ) in runner.inputs:  # one batch at a time so input pointers are not reused across batches
         seen.clear()
         with input_hooks(mine, add):
             block(hidden, **kw)

@@ -30,7 +30,9 @@ def decoder_layers(model: nn.Module) -> nn.ModuleList:
             continue
         if isinstance(obj, nn.ModuleList):
             return obj
-    raise ValueError(f"cannot find the decoder blocks of {type(model).__name__} (looked for model.layers, transformer.h)")
+    raise ValueError(
+        f"cannot find the decoder blocks of {type(model).__name__} (looked for model.layers, transformer.h)"
+    )
 
 
 def smoothing_groups(block: nn.Module) -> list[tuple[nn.Module, list[str], str]]:
@@ -43,7 +45,11 @@ def smoothing_groups(block: nn.Module) -> list[tuple[nn.Module, list[str], str]]
     names = dict(block.named_modules())
     if "self_attn" in names and "input_layernorm" in names:  # Llama family
         groups = [
-            (names["input_layernorm"], ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"], "norm"),
+            (
+                names["input_layernorm"],
+                ["self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj"],
+                "norm",
+            ),
             (names["post_attention_layernorm"], ["mlp.gate_proj", "mlp.up_proj"], "norm"),
         ]
         if "mlp.up_proj" in names and "mlp.down_proj" in names:
@@ -70,7 +76,18 @@ class LayerwiseRunner:
 
         def hook(_mod, args, kwargs):
             hidden = args[0] if args else kwargs.pop("hidden_states")
-            kw = {k: v for k, v in kwargs.items() if k not in ("past_key_values", "past_key_value", "layer_past", "use_cache", "hidden_states")}
+            kw = {
+                k: v
+                for k, v in kwargs.items()
+                if k
+                not in (
+                    "past_key_values",
+                    "past_key_value",
+                    "layer_past",
+                    "use_cache",
+                    "hidden_states",
+                )
+            }
             self.inputs.append((hidden.detach(), kw))
             raise _Stop
 
@@ -93,7 +110,7 @@ class LayerwiseRunner:
             out = layer(hidden, **kw)
             outs.append(out[0] if isinstance(out, tuple) else out)
         if update:
-            self.inputs = [(o, kw) for o, (_, kw) in zip(outs, self.inputs)]
+            self.inputs = [(o, kw) for o, (_, kw) in zip(outs, self.inputs, strict=True)]
         return outs
 
     def blocks(self) -> Iterator[tuple[int, nn.Module]]:

@@ -27,8 +27,16 @@ def to_bitsandbytes(model: nn.Module, names: list[str], threshold: float) -> nn.
     for name in names:
         mod = model.get_submodule(name)
         w = get_weight(mod).detach()  # (out, in)
-        new = bnb.nn.Linear8bitLt(w.shape[1], w.shape[0], bias=mod.bias is not None, has_fp16_weights=False, threshold=threshold)
-        new.weight = bnb.nn.Int8Params(w.to(torch.float16).cpu(), requires_grad=False, has_fp16_weights=False)
+        new = bnb.nn.Linear8bitLt(
+            w.shape[1],
+            w.shape[0],
+            bias=mod.bias is not None,
+            has_fp16_weights=False,
+            threshold=threshold,
+        )
+        new.weight = bnb.nn.Int8Params(
+            w.to(torch.float16).cpu(), requires_grad=False, has_fp16_weights=False
+        )
         if mod.bias is not None:
             new.bias = nn.Parameter(mod.bias.detach().to(torch.float16).cpu())
         replace_module(model, name, new.to(device))

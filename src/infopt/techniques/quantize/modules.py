@@ -16,7 +16,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from infopt.techniques.quantize.core import QuantizedWeight, QuantSpec, dequantize, pack_bits, unpack_bits
+from infopt.techniques.quantize.core import (
+    QuantizedWeight,
+    QuantSpec,
+    dequantize,
+    pack_bits,
+    unpack_bits,
+)
 
 KERNELS = ("reference", "int_mm")
 
@@ -28,8 +34,15 @@ def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class Int8Linear(nn.Module):
-    def __init__(self, weight: torch.Tensor, bias: torch.Tensor | None, *, act_granularity: str = "per_token",
-                 outlier_threshold: float | None = None, kernel: str = "int_mm") -> None:
+    def __init__(
+        self,
+        weight: torch.Tensor,
+        bias: torch.Tensor | None,
+        *,
+        act_granularity: str = "per_token",
+        outlier_threshold: float | None = None,
+        kernel: str = "int_mm",
+    ) -> None:
         super().__init__()
         if kernel not in KERNELS:
             raise ValueError(f"kernel={kernel!r}; valid: {KERNELS}")
@@ -44,8 +57,10 @@ class Int8Linear(nn.Module):
         self.kernel = kernel
 
     def extra_repr(self) -> str:
-        return (f"in={self.in_features}, out={self.out_features}, act={self.act_granularity}, "
-                f"outliers>{self.outlier_threshold}, kernel={self.kernel}")
+        return (
+            f"in={self.in_features}, out={self.out_features}, act={self.act_granularity}, "
+            f"outliers>{self.outlier_threshold}, kernel={self.kernel}"
+        )
 
     def dequantized_weight(self) -> torch.Tensor:
         return self.qweight.float() * self.w_scale.float().unsqueeze(1)
@@ -73,7 +88,9 @@ class Int8Linear(nn.Module):
             if outl.any():
                 x_reg = x2.masked_fill(outl.unsqueeze(0), 0.0)
                 y = self._int8_matmul(x_reg)
-                w_out = self.qweight[:, outl].float() * self.w_scale.float().unsqueeze(1)  # (out, n_outl)
+                w_out = self.qweight[:, outl].float() * self.w_scale.float().unsqueeze(
+                    1
+                )  # (out, n_outl)
                 y = y + x2[:, outl] @ w_out.t()
             else:
                 y = self._int8_matmul(x2)
@@ -89,13 +106,21 @@ class PackedLinear(nn.Module):
         super().__init__()
         out_f, in_f = qw.codes.shape
         self.in_features, self.out_features = in_f, out_f
-        self.bits, self.group_size, self.symmetric = qw.spec.bits, qw.spec.group_size, qw.spec.symmetric
+        self.bits, self.group_size, self.symmetric = (
+            qw.spec.bits,
+            qw.spec.group_size,
+            qw.spec.symmetric,
+        )
         self.register_buffer("qweight", pack_bits(qw.codes, qw.spec.bits))  # packed uint8 stream
         self.register_buffer("scales", qw.scales.half())  # (out, n_groups) float16
         # Zero points are integers < 2^bits: packed the same way as the codes.
         self.register_buffer("qzeros", pack_bits(qw.zeros.to(torch.uint8), qw.spec.bits))
         self.n_groups = qw.scales.shape[1]
-        default = torch.arange(in_f) // self.group_size if self.group_size > 0 else torch.zeros(in_f, dtype=torch.long)
+        default = (
+            torch.arange(in_f) // self.group_size
+            if self.group_size > 0
+            else torch.zeros(in_f, dtype=torch.long)
+        )
         if torch.equal(qw.g_idx.cpu(), default):
             self.g_idx = None  # contiguous groups: nothing to store
         else:

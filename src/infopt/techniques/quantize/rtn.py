@@ -10,7 +10,13 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from infopt.techniques.quantize.core import QuantizedWeight, QuantSpec, get_weight, rtn_quantize, set_weight
+from infopt.techniques.quantize.core import (
+    QuantizedWeight,
+    QuantSpec,
+    get_weight,
+    rtn_quantize,
+    set_weight,
+)
 
 
 @torch.no_grad()

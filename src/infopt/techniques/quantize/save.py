@@ -27,18 +27,39 @@ VERSION = 1
 
 def _layer_entry(module: nn.Module, conv1d: bool) -> dict:
     if isinstance(module, PackedLinear):
-        return {"kind": "packed", "bits": module.bits, "group_size": module.group_size, "symmetric": module.symmetric,
-                "in": module.in_features, "out": module.out_features, "n_groups": module.n_groups,
-                "g_idx": module.g_idx is not None, "bias": module.bias is not None, "conv1d": conv1d}
+        return {
+            "kind": "packed",
+            "bits": module.bits,
+            "group_size": module.group_size,
+            "symmetric": module.symmetric,
+            "in": module.in_features,
+            "out": module.out_features,
+            "n_groups": module.n_groups,
+            "g_idx": module.g_idx is not None,
+            "bias": module.bias is not None,
+            "conv1d": conv1d,
+        }
     if isinstance(module, Int8Linear):
-        return {"kind": "int8", "in": module.in_features, "out": module.out_features, "bias": module.bias is not None,
-                "act_granularity": module.act_granularity, "outlier_threshold": module.outlier_threshold,
-                "kernel": module.kernel, "conv1d": conv1d}
+        return {
+            "kind": "int8",
+            "in": module.in_features,
+            "out": module.out_features,
+            "bias": module.bias is not None,
+            "act_granularity": module.act_granularity,
+            "outlier_threshold": module.outlier_threshold,
+            "kernel": module.kernel,
+            "conv1d": conv1d,
+        }
     raise TypeError(type(module))
 
 
-def save_quantized(model: nn.Module, target: Path | str, qweights: dict[str, QuantizedWeight] | None = None,
-                   method: str = "", tokenizer=None) -> Path:
+def save_quantized(
+    model: nn.Module,
+    target: Path | str,
+    qweights: dict[str, QuantizedWeight] | None = None,
+    method: str = "",
+    tokenizer=None,
+) -> Path:
     """Write ``model`` packed. Layers already PackedLinear/Int8Linear are saved as they are;
     layers named in ``qweights`` (a simulated model's float weights) are saved as their codes."""
     from safetensors.torch import save_file
@@ -75,7 +96,13 @@ def save_quantized(model: nn.Module, target: Path | str, qweights: dict[str, Qua
     with atomic_dir(target) as tmp:
         model.config.save_pretrained(tmp)
         save_file(out, str(tmp / "model.safetensors"), metadata={"format": FORMAT})
-        meta = {"format": FORMAT, "version": VERSION, "method": method, "layers": layers, "tied": tied}
+        meta = {
+            "format": FORMAT,
+            "version": VERSION,
+            "method": method,
+            "layers": layers,
+            "tied": tied,
+        }
         (tmp / "quantization.json").write_text(json.dumps(meta, indent=2) + "\n")
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
@@ -86,8 +113,18 @@ def _empty_packed(entry: dict) -> PackedLinear:
     """A PackedLinear of the right shapes, to load the file's tensors into."""
     spec = QuantSpec(entry["bits"], entry["group_size"], entry["symmetric"])
     in_f, out_f, n_groups = entry["in"], entry["out"], entry["n_groups"]
-    g_idx = torch.arange(in_f) // spec.group_size if spec.group_size > 0 else torch.zeros(in_f, dtype=torch.long)
-    qw = QuantizedWeight(torch.zeros(out_f, in_f, dtype=torch.uint8), torch.ones(out_f, n_groups), torch.zeros(out_f, n_groups), g_idx, spec)
+    g_idx = (
+        torch.arange(in_f) // spec.group_size
+        if spec.group_size > 0
+        else torch.zeros(in_f, dtype=torch.long)
+    )
+    qw = QuantizedWeight(
+        torch.zeros(out_f, in_f, dtype=torch.uint8),
+        torch.ones(out_f, n_groups),
+        torch.zeros(out_f, n_groups),
+        g_idx,
+        spec,
+    )
     mod = PackedLinear(qw, torch.zeros(out_f) if entry["bias"] else None)
     if entry["g_idx"]:
         del mod.g_idx  # a plain None attribute for contiguous groups; the file holds a map
@@ -95,7 +132,9 @@ def _empty_packed(entry: dict) -> PackedLinear:
     return mod
 
 
-def load_quantized(path: Path | str, dequantize: bool = False, kernel: str | None = None) -> nn.Module:
+def load_quantized(
+    path: Path | str, dequantize: bool = False, kernel: str | None = None
+) -> nn.Module:
     """The model saved by ``save_quantized``; ``dequantize`` gives plain float Linear/Conv1D layers."""
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -115,15 +154,21 @@ def load_quantized(path: Path | str, dequantize: bool = False, kernel: str | Non
         if entry["kind"] == "packed":
             new = _empty_packed(entry)
         else:
-            new = Int8Linear(torch.zeros(entry["out"], entry["in"]), torch.zeros(entry["out"]) if entry["bias"] else None,
-                             act_granularity=entry["act_granularity"], outlier_threshold=entry["outlier_threshold"],
-                             kernel=kernel or entry["kernel"])
+            new = Int8Linear(
+                torch.zeros(entry["out"], entry["in"]),
+                torch.zeros(entry["out"]) if entry["bias"] else None,
+                act_granularity=entry["act_granularity"],
+                outlier_threshold=entry["outlier_threshold"],
+                kernel=kernel or entry["kernel"],
+            )
         new.from_conv1d = entry.get("conv1d", False)
         replace_module(model, name, new)
     missing, unexpected = model.load_state_dict(state, strict=False)
     missing = [k for k in missing if k not in meta.get("tied", {})]
     if unexpected or missing:
-        raise ValueError(f"{path}: tensors do not match the architecture (missing {missing[:5]}, unexpected {unexpected[:5]})")
+        raise ValueError(
+            f"{path}: tensors do not match the architecture (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     model.tie_weights()
     if dequantize:
         model = dequantize_model(model)

@@ -35,7 +35,9 @@ def fold_scale(prev: nn.Module, kind: str, linears: list[nn.Module], s: torch.Te
 
 
 def smoothing_scales(act_max: torch.Tensor, linears: list[nn.Module], alpha: float) -> torch.Tensor:
-    w_max = torch.stack([get_weight(m).abs().amax(dim=0).float() for m in linears]).amax(dim=0)  # (in,)
+    w_max = torch.stack([get_weight(m).abs().amax(dim=0).float() for m in linears]).amax(
+        dim=0
+    )  # (in,)
     s = act_max.clamp(min=1e-5).pow(alpha) / w_max.clamp(min=1e-5).pow(1 - alpha)
     return s.clamp(min=1e-5)
 
