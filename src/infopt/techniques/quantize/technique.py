@@ -135,8 +135,10 @@ class Quantize(Technique):
         metrics: dict[str, float] = {"layers_quantized": float(len(layers))}
         qweights = None
         execution = c.execution
+        from infopt.bench.measure import PeakMemory
+
         t0 = time.perf_counter()
-        with torch.no_grad():
+        with torch.no_grad(), PeakMemory(ctx.device) as mem:
             if c.method == "rtn":
                 from infopt.techniques.quantize.rtn import quantize_rtn
 
@@ -204,6 +206,8 @@ class Quantize(Technique):
                         f"torchao {c.dynamic_backend}: stored size counts torchao's tensor subclasses as bench/size.py sees them"
                     )
         metrics["quantize_wall_s"] = time.perf_counter() - t0
+        # Whole-process peak (model, calibration activations, Hessians) while the method ran.
+        metrics["quantize_peak_memory_mb"] = mem.peak / 2**20
 
         if qweights is not None:  # weight-only methods: floats now hold the de-quantized weights
             if execution == "real":
