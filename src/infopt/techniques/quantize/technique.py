@@ -96,6 +96,15 @@ class Quantize(Technique):
             raise ConfigError(
                 f"technique.dynamic_backend={c.dynamic_backend} runs only as technique.execution=real (int_mm also has a simulated path)"
             )
+        if (
+            c.method == "dynamic_int8"
+            and c.dynamic_backend == "torchao_int4"
+            and cfg.hardware.accelerator == "cpu"
+        ):
+            raise ConfigError(
+                "technique.dynamic_backend=torchao_int4 has no CPU kernel in this install (torchao's Int4WeightOnlyConfig needs mslk); "
+                "use hardware=gpu, or technique.method=gptq technique.bits=4 technique.execution=real for packed int4 on CPU"
+            )
         if c.method == "llm_int8" and c.execution == "real" and cfg.hardware.accelerator == "gpu":
             import importlib.util
 
