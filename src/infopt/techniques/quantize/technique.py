@@ -211,8 +211,12 @@ class Quantize(Technique):
                     from infopt.techniques.quantize.dynamic import torchao_quantize
 
                     model = torchao_quantize(model, names, c.dynamic_backend, c.group_size)
+                    from infopt.techniques.quantize.dynamic import subclass_bytes
+
+                    metrics["torchao_inner_tensors_mb"] = subclass_bytes(model) / 2**20
                     notes.append(
-                        f"torchao {c.dynamic_backend}: stored size counts torchao's tensor subclasses as bench/size.py sees them"
+                        f"torchao {c.dynamic_backend}: bench/stored_mb counts its tensor subclasses at their float dtype; "
+                        "technique/torchao_inner_tensors_mb counts their int8 data and scales"
                     )
         metrics["quantize_wall_s"] = time.perf_counter() - t0
         # Whole-process peak (model, calibration activations, Hessians) while the method ran.
