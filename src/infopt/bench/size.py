@@ -42,8 +42,13 @@ def _packed_params_bytes(model: nn.Module) -> int:
             continue
         w, b = weight_bias()
         total += w.numel() * w.element_size()
-        if w.is_quantized and w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
-            total += w.q_per_channel_scales().numel() * 4 + w.q_per_channel_zero_points().numel() * 4
+        if w.is_quantized and w.qscheme() in (
+            torch.per_channel_affine,
+            torch.per_channel_symmetric,
+        ):
+            total += (
+                w.q_per_channel_scales().numel() * 4 + w.q_per_channel_zero_points().numel() * 4
+            )
         if b is not None:
             total += tensor_bytes(b)
     return total
