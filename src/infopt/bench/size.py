@@ -32,10 +32,33 @@ def tensor_bytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
 
 
+def _packed_params_bytes(model: nn.Module) -> int:
+    """torch.ao quantized modules hold weight and bias in packed params (neither parameters nor
+    buffers): count their int8 weights, per-channel scales/zero points and biases."""
+    total = 0
+    for mod in model.modules():
+        weight_bias = getattr(mod, "_weight_bias", None)
+        if not (callable(weight_bias) and hasattr(mod, "_packed_params")):
+            continue
+        w, b = weight_bias()
+        total += w.numel() * w.element_size()
+        if w.is_quantized and w.qscheme() in (
+            torch.per_channel_affine,
+            torch.per_channel_symmetric,
+        ):
+            total += (
+                w.q_per_channel_scales().numel() * 4 + w.q_per_channel_zero_points().numel() * 4
+            )
+        if b is not None:
+            total += tensor_bytes(b)
+    return total
+
+
 def stored_bytes(model: nn.Module) -> int:
     """Bytes of the state a checkpoint of this model holds (tied weights once)."""
     skip = _non_persistent_buffers(model)
-    return sum(tensor_bytes(t) for name, t in _unique_tensors(model).values() if name not in skip)
+    own = sum(tensor_bytes(t) for name, t in _unique_tensors(model).values() if name not in skip)
+    return own + _packed_params_bytes(model)
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -43,7 +43,7 @@ def register(name: str, *, config: str, impl: str | None, family: str) -> None:
 # One line per technique. Keep config modules light: they are imported at start-up.
 # fmt: off
 register("baseline", config="infopt.techniques.baseline:BaselineConfig", impl="infopt.techniques.baseline:Baseline", family="baseline")
-register("quantize", config="infopt.config.schema:TechniqueConfig", impl=None, family="quantization")
+register("quantize", config="infopt.techniques.quantize.config:QuantizeConfig", impl="infopt.techniques.quantize.technique:Quantize", family="quantization")
 register("prune", config="infopt.config.schema:TechniqueConfig", impl=None, family="pruning")
 register("distill", config="infopt.config.schema:TechniqueConfig", impl=None, family="distillation")
 register("attention", config="infopt.config.schema:TechniqueConfig", impl=None, family="architecture")
