@@ -10,7 +10,6 @@ one process, so ratios compare like with like.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
