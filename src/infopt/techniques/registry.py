@@ -45,10 +45,10 @@ register("baseline", config="infopt.techniques.baseline:BaselineConfig", impl="i
 register("quantize", config="infopt.config.schema:TechniqueConfig", impl=None, family="quantization")
 register("prune", config="infopt.config.schema:TechniqueConfig", impl=None, family="pruning")
 register("distill", config="infopt.config.schema:TechniqueConfig", impl=None, family="distillation")
-register("attention", config="infopt.config.schema:TechniqueConfig", impl=None, family="architecture")
-register("kv_cache", config="infopt.config.schema:TechniqueConfig", impl=None, family="architecture")
-register("compile", config="infopt.config.schema:TechniqueConfig", impl=None, family="architecture")
-register("speculative", config="infopt.config.schema:TechniqueConfig", impl=None, family="architecture")
+register("attention", config="infopt.techniques.decode.config:AttentionConfig", impl="infopt.techniques.decode.attention:Attention", family="architecture")
+register("kv_cache", config="infopt.techniques.decode.config:KVCacheConfig", impl="infopt.techniques.decode.kv_cache:KVCache", family="architecture")
+register("compile", config="infopt.techniques.decode.config:TorchCompileConfig", impl="infopt.techniques.decode.compile:Compile", family="architecture")
+register("speculative", config="infopt.techniques.decode.config:SpeculativeConfig", impl="infopt.techniques.decode.speculative:Speculative", family="architecture")
 register("pipeline", config="infopt.config.schema:TechniqueConfig", impl=None, family="study")
 
 
