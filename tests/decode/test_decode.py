@@ -31,9 +31,19 @@ def tiny(tokenizer, architecture="llama", layers=4, seed=0):
     from infopt.config.schema import TinyArchConfig
     from infopt.models.tiny import build_tiny
 
-    arch = TinyArchConfig(architecture=architecture, num_layers=layers, num_kv_heads=2 if architecture == "llama" else 4,
-                          intermediate_size=128 if architecture == "llama" else 256)
-    m = build_tiny(arch, vocab_size=len(tokenizer), seed=seed, eos_token_id=tokenizer.eos_token_id, bos_token_id=tokenizer.bos_token_id)
+    arch = TinyArchConfig(
+        architecture=architecture,
+        num_layers=layers,
+        num_kv_heads=2 if architecture == "llama" else 4,
+        intermediate_size=128 if architecture == "llama" else 256,
+    )
+    m = build_tiny(
+        arch,
+        vocab_size=len(tokenizer),
+        seed=seed,
+        eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=tokenizer.bos_token_id,
+    )
     return peaked(m, seed + 1)
 
 
@@ -48,7 +58,9 @@ def assert_greedy_equivalent(model, prompt, reference, other, tol=1e-4):
     from infopt.techniques.decode.common import divergence, eos_ids
 
     d = divergence(model, prompt, reference[0], other[0], tol, suppress=eos_ids(model))
-    assert d is None or d.tie, f"diverged at token {d.position} with logit gap {d.gap:.3g} (not a tie)"
+    assert d is None or d.tie, (
+        f"diverged at token {d.position} with logit gap {d.gap:.3g} (not a tie)"
+    )
 
 
 # --- the oracle itself -------------------------------------------------------------------------
@@ -98,7 +110,14 @@ def test_sdpa_logits_equal_eager(tokenizer, text_data, architecture, setting):
 def test_attention_technique_sweeps_and_keeps_outputs(run_context, tokenizer):
     from infopt.techniques.registry import build
 
-    ctx = run_context(["technique=attention", "technique.compare=[eager,sdpa:math,flash_attention_2]", "technique.context_lengths=[32,0]", "technique.decode_tokens=2"])
+    ctx = run_context(
+        [
+            "technique=attention",
+            "technique.compare=[eager,sdpa:math,flash_attention_2]",
+            "technique.context_lengths=[32,0]",
+            "technique.decode_tokens=2",
+        ]
+    )
     model = tiny(tokenizer)
     applied = build(ctx.cfg.technique).apply(model, ctx)
     m = applied.metrics
@@ -116,9 +135,26 @@ def test_flash_attention_on_cpu_is_rejected_before_loading():
     from infopt.config.validate import validate_config
 
     with pytest.raises(ConfigError, match="flash_attention_2 needs a CUDA GPU"):
-        validate_config(compose_config(["model=tiny_llama", "technique=attention", "technique.implementation=flash_attention_2"]))
+        validate_config(
+            compose_config(
+                [
+                    "model=tiny_llama",
+                    "technique=attention",
+                    "technique.implementation=flash_attention_2",
+                ]
+            )
+        )
     with pytest.raises(ConfigError, match="sdpa_backend"):
-        validate_config(compose_config(["model=tiny_llama", "technique=attention", "technique.implementation=eager", "technique.sdpa_backend=math"]))
+        validate_config(
+            compose_config(
+                [
+                    "model=tiny_llama",
+                    "technique=attention",
+                    "technique.implementation=eager",
+                    "technique.sdpa_backend=math",
+                ]
+            )
+        )
 
 
 # --- KV cache ----------------------------------------------------------------------------------
@@ -150,7 +186,12 @@ def test_quantized_cache_changes_logits_within_bound(tokenizer, text_data, archi
     from infopt.config.validate import validate_config
     from infopt.techniques.decode.kv_cache import cache_in_loop_nll, make_cache
 
-    cfg = validate_config(compose_config(["model=tiny_llama", "technique=kv_cache", "technique.implementation=quantized"]), check_technique=False)
+    cfg = validate_config(
+        compose_config(
+            ["model=tiny_llama", "technique=kv_cache", "technique.implementation=quantized"]
+        ),
+        check_technique=False,
+    )
     model = tiny(tokenizer, architecture)
     window = text_data.heldout_stream[:128].view(1, -1)
     with torch.no_grad():
@@ -173,15 +214,33 @@ def test_quantized_cache_changes_logits_within_bound(tokenizer, text_data, archi
 def test_kv_cache_technique_reports_memory_and_quality(run_context, tokenizer):
     from infopt.techniques.registry import build
 
-    ctx = run_context(["technique=kv_cache", "technique.implementation=quantized", "technique.context_lengths=[64]",
-                       "technique.ppl_window=64", "technique.ppl_chunk=16", "technique.ppl_windows=2", "technique.agreement_prompts=2",
-                       "technique.agreement_new_tokens=8", "technique.agreement_prompt_tokens=32"])
+    ctx = run_context(
+        [
+            "technique=kv_cache",
+            "technique.implementation=quantized",
+            "technique.context_lengths=[64]",
+            "technique.ppl_window=64",
+            "technique.ppl_chunk=16",
+            "technique.ppl_windows=2",
+            "technique.agreement_prompts=2",
+            "technique.agreement_new_tokens=8",
+            "technique.agreement_prompt_tokens=32",
+        ]
+    )
     applied = build(ctx.cfg.technique).apply(tiny(tokenizer), ctx)
     m = applied.metrics
     # fp8 stores 1 byte per element against fp32's 4 (plus one scale per layer tensor).
     assert 3.9 < m["cache_memory_ratio/ctx64"] <= 4.0
-    assert m["greedy_divergences_not_ties"] + m["greedy_divergences_at_ties"] + 2 * m["greedy_identical_fraction"] == 2
-    assert applied.generate_kwargs == {"cache_implementation": "quantized", "cache_config": {"backend": "fp8"}}
+    assert (
+        m["greedy_divergences_not_ties"]
+        + m["greedy_divergences_at_ties"]
+        + 2 * m["greedy_identical_fraction"]
+        == 2
+    )
+    assert applied.generate_kwargs == {
+        "cache_implementation": "quantized",
+        "cache_config": {"backend": "fp8"},
+    }
     assert m["perplexity_ratio_vs_dynamic"] > 0
 
 
@@ -189,7 +248,11 @@ def test_offloaded_cache_on_cpu_is_rejected():
     from infopt.config.validate import validate_config
 
     with pytest.raises(ConfigError, match="needs hardware=gpu"):
-        validate_config(compose_config(["model=tiny_llama", "technique=kv_cache", "technique.implementation=offloaded"]))
+        validate_config(
+            compose_config(
+                ["model=tiny_llama", "technique=kv_cache", "technique.implementation=offloaded"]
+            )
+        )
 
 
 # --- compile -----------------------------------------------------------------------------------
@@ -199,7 +262,15 @@ def test_compiled_decode_step_matches_eager(run_context, tokenizer):
     """The plumbing (static cache + compile_config on CPU) with the cheap aot_eager backend; inductor runs in the slow suite."""
     from infopt.techniques.registry import build
 
-    ctx = run_context(["technique=compile", "technique.backend=aot_eager", "technique.check_prompts=2", "technique.check_new_tokens=8", "technique.repeats=1"])
+    ctx = run_context(
+        [
+            "technique=compile",
+            "technique.backend=aot_eager",
+            "technique.check_prompts=2",
+            "technique.check_new_tokens=8",
+            "technique.repeats=1",
+        ]
+    )
     model = tiny(tokenizer)
     applied = build(ctx.cfg.technique).apply(model, ctx)
     assert applied.metrics["greedy_divergences_not_ties"] == 0
@@ -216,7 +287,9 @@ def test_leviathan_formula_against_direct_sum():
 
     for alpha in (0.0, 0.3, 0.8, 0.99):
         for gamma in (1, 3, 5):
-            direct = sum(alpha**k for k in range(gamma + 1))  # E[tokens] = sum_k P(first k accepted)
+            direct = sum(
+                alpha**k for k in range(gamma + 1)
+            )  # E[tokens] = sum_k P(first k accepted)
             assert expected_tokens_per_step(alpha, gamma) == pytest.approx(direct)
             assert predicted_speedup(alpha, gamma, 0.1) == pytest.approx(direct / (gamma * 0.1 + 1))
     assert expected_tokens_per_step(1.0, 4) == 5.0
@@ -229,7 +302,9 @@ def test_layer_subset_draft_keeps_tokens(tokenizer, text_data, architecture):
 
     model = tiny(tokenizer, architecture)
     draft = layer_subset_draft(model, 2)
-    assert draft.config.num_hidden_layers == 3 and model.config.num_hidden_layers == 4  # layers 0, 2, 3
+    assert (
+        draft.config.num_hidden_layers == 3 and model.config.num_hidden_layers == 4
+    )  # layers 0, 2, 3
     draft.generation_config.num_assistant_tokens_schedule = "constant"
     for p in prompts(text_data):
         ref = greedy(model, p, 16, PAD)
@@ -273,8 +348,15 @@ def test_speculative_accounting_with_identical_draft(run_context, tokenizer):
     """A draft equal to the target accepts everything: acceptance 1, gamma + 1 tokens per target pass."""
     from infopt.techniques.decode.speculative import Speculative
 
-    ctx = run_context(["technique=speculative", "technique.prompts=2", "technique.prompt_tokens=32", "technique.new_tokens=13",
-                       "technique.draft.num_tokens=3"])
+    ctx = run_context(
+        [
+            "technique=speculative",
+            "technique.prompts=2",
+            "technique.prompt_tokens=32",
+            "technique.new_tokens=13",
+            "technique.draft.num_tokens=3",
+        ]
+    )
     model = tiny(tokenizer)
     tech = Speculative(ctx.cfg.technique)
     tech.load_draft = lambda m, c: (tiny(tokenizer), None)  # same seed: the same weights
@@ -291,8 +373,15 @@ def test_speculative_accounting_with_identical_draft(run_context, tokenizer):
 def _save_tiny(tokenizer, path, vocab_size=None, extra_token=False):
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    cfg = LlamaConfig(vocab_size=vocab_size or len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                      num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=256)
+    cfg = LlamaConfig(
+        vocab_size=vocab_size or len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=1,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        max_position_embeddings=256,
+    )
     LlamaForCausalLM(cfg).save_pretrained(path)
     if extra_token:
         import copy
@@ -308,15 +397,42 @@ def test_draft_with_other_vocabulary_rejected_before_work(tmp_path, tokenizer):
 
     small = _save_tiny(tokenizer, tmp_path / "small_vocab", vocab_size=1000)
     with pytest.raises(ConfigError, match="vocabulary has 1000 entries"):
-        validate_config(compose_config(["model=tiny_llama", "technique=speculative", "technique.draft.kind=path", f"technique.draft.path={small}"]))
+        validate_config(
+            compose_config(
+                [
+                    "model=tiny_llama",
+                    "technique=speculative",
+                    "technique.draft.kind=path",
+                    f"technique.draft.path={small}",
+                ]
+            )
+        )
     other_tok = _save_tiny(tokenizer, tmp_path / "other_tokenizer", extra_token=True)
     with pytest.raises(ConfigError, match="tokenizer differs"):
-        validate_config(compose_config(["model=tiny_llama", "technique=speculative", "technique.draft.kind=path", f"technique.draft.path={other_tok}"]))
+        validate_config(
+            compose_config(
+                [
+                    "model=tiny_llama",
+                    "technique=speculative",
+                    "technique.draft.kind=path",
+                    f"technique.draft.path={other_tok}",
+                ]
+            )
+        )
     # A run dir holding model/ with the same tokenizer passes.
     same = tmp_path / "run"
     _save_tiny(tokenizer, same / "model")
     tokenizer.save_pretrained(same / "model")
-    validate_config(compose_config(["model=tiny_llama", "technique=speculative", "technique.draft.kind=path", f"technique.draft.path={same}"]))
+    validate_config(
+        compose_config(
+            [
+                "model=tiny_llama",
+                "technique=speculative",
+                "technique.draft.kind=path",
+                f"technique.draft.path={same}",
+            ]
+        )
+    )
 
 
 def test_loaded_draft_with_other_vocabulary_rejected_before_generation(run_context, tokenizer):
@@ -329,8 +445,19 @@ def test_loaded_draft_with_other_vocabulary_rejected_before_generation(run_conte
     model.generate = lambda *a, **k: calls.append(1)  # must never be reached
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    tech.load_draft = lambda m, c: (LlamaForCausalLM(LlamaConfig(vocab_size=500, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
-                                                                   num_attention_heads=2, num_key_value_heads=1)), None)
+    tech.load_draft = lambda m, c: (
+        LlamaForCausalLM(
+            LlamaConfig(
+                vocab_size=500,
+                hidden_size=32,
+                intermediate_size=64,
+                num_hidden_layers=1,
+                num_attention_heads=2,
+                num_key_value_heads=1,
+            )
+        ),
+        None,
+    )
     with pytest.raises(ConfigError, match="500 entries"):
         tech.apply(model, ctx)
     assert not calls
@@ -338,10 +465,25 @@ def test_loaded_draft_with_other_vocabulary_rejected_before_generation(run_conte
 
 def test_draft_model_config_composes_and_runs(tmp_path):
     """technique.draft.model from the model group; the bench skips batch > 1 with a note."""
-    record = run_main(["model=tiny_llama", *QUICK, "technique=speculative", "technique.draft.kind=model",
-                       "+model@technique.draft.model=tiny_llama", "technique.draft.model.tiny.num_layers=1",
-                       "technique.prompts=2", "technique.prompt_tokens=24", "technique.new_tokens=6"], tmp_path)
+    record = run_main(
+        [
+            "model=tiny_llama",
+            *QUICK,
+            "technique=speculative",
+            "technique.draft.kind=model",
+            "+model@technique.draft.model=tiny_llama",
+            "technique.draft.model.tiny.num_layers=1",
+            "technique.prompts=2",
+            "technique.prompt_tokens=24",
+            "technique.new_tokens=6",
+        ],
+        tmp_path,
+    )
     on_disk = json.loads((tmp_path / "results.json").read_text())
-    assert on_disk["technique"]["metrics"]["greedy_identical_fraction"] + on_disk["technique"]["metrics"]["greedy_divergences_at_ties"] / 2 == 1.0
+    assert (
+        on_disk["technique"]["metrics"]["greedy_identical_fraction"]
+        + on_disk["technique"]["metrics"]["greedy_divergences_at_ties"] / 2
+        == 1.0
+    )
     assert "decode_tokens_per_s_b1" in record["result"]["bench"]
     assert any("batch 2 skipped" in n for n in record["technique"]["notes"])

@@ -31,7 +31,12 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 MB = 2**20
-_BACKENDS = {"math": "MATH", "flash": "FLASH_ATTENTION", "efficient": "EFFICIENT_ATTENTION", "cudnn": "CUDNN_ATTENTION"}
+_BACKENDS = {
+    "math": "MATH",
+    "flash": "FLASH_ATTENTION",
+    "efficient": "EFFICIENT_ATTENTION",
+    "cudnn": "CUDNN_ATTENTION",
+}
 _ALIASES = {"math": "math", "flash": "fa", "efficient": "memeff", "cudnn": "cudnn"}
 _GPU_ONLY = ("efficient", "cudnn")
 
@@ -101,7 +106,9 @@ def logits_diff(model: nn.Module, setting: str, reference: str, ids: torch.Tenso
 
 
 @torch.inference_mode()
-def sweep_point(model: nn.Module, ids: torch.Tensor, decode_tokens: int, repeats: int) -> dict[str, float]:
+def sweep_point(
+    model: nn.Module, ids: torch.Tensor, decode_tokens: int, repeats: int
+) -> dict[str, float]:
     """Prefill ``ids`` (1, T) into a fresh cache, then ``decode_tokens`` single-token steps on it.
 
     Timed directly with forward calls (no generate() overhead) so the number is the kernel's cost
@@ -154,7 +161,9 @@ class Attention(Technique):
             return  # the package/kernel checks run in apply, on the real device
         why = unavailable(setting_name(c.implementation, c.sdpa_backend), torch.device("cpu"))
         if why:
-            raise ConfigError(f"technique.implementation={setting_name(c.implementation, c.sdpa_backend)}: {why}; on this machine use eager or sdpa (sdpa_backend=math|flash)")
+            raise ConfigError(
+                f"technique.implementation={setting_name(c.implementation, c.sdpa_backend)}: {why}; on this machine use eager or sdpa (sdpa_backend=math|flash)"
+            )
 
     def apply(self, model: nn.Module, ctx: RunContext) -> Applied:
         c: AttentionConfig = self.config  # type: ignore[assignment]
@@ -181,11 +190,21 @@ class Attention(Technique):
         diff = metrics.get(f"max_abs_logit_diff_vs_eager/{chosen}", 0.0)
         metrics["logits_match_eager"] = float(diff <= c.logit_tolerance)
         if diff > c.logit_tolerance:
-            notes.append(f"{chosen}: logits differ from eager by up to {diff:.3g} (> tolerance {c.logit_tolerance:g})")
+            notes.append(
+                f"{chosen}: logits differ from eager by up to {diff:.3g} (> tolerance {c.logit_tolerance:g})"
+            )
 
         # Cost over context lengths: every setting at every length.
         lengths = resolve_lengths(model, c.context_lengths)
-        columns = ["attention", "context", "prefill_ms", "prefill_tokens_per_s", "decode_ms_per_token", "decode_tokens_per_s", "working_memory_mb"]
+        columns = [
+            "attention",
+            "context",
+            "prefill_ms",
+            "prefill_tokens_per_s",
+            "decode_ms_per_token",
+            "decode_tokens_per_s",
+            "working_memory_mb",
+        ]
         rows = []
         for s in settings:
             set_attention(model, s)
@@ -193,8 +212,13 @@ class Attention(Technique):
                 ids = _tokens(ctx.data.heldout_stream, n).to(device)
                 try:
                     point = sweep_point(model, ids, c.decode_tokens, c.repeats)
-                except (RuntimeError, MemoryError) as err:  # e.g. out of memory at the maximum context
-                    notes.append(f"{s} at {n} tokens failed: {type(err).__name__}: {str(err).splitlines()[0][:160]}")
+                except (
+                    RuntimeError,
+                    MemoryError,
+                ) as err:  # e.g. out of memory at the maximum context
+                    notes.append(
+                        f"{s} at {n} tokens failed: {type(err).__name__}: {str(err).splitlines()[0][:160]}"
+                    )
                     continue
                 log.info("attention %s ctx=%d: %s", s, n, point)
                 rows.append([s, n, *(round(point[k], 3) for k in columns[2:])])
@@ -202,6 +226,13 @@ class Attention(Technique):
                     metrics[f"{k}/{s}/ctx{n}"] = v
         ctx.logger.log_table("attention_sweep", columns, rows)
         set_attention(model, chosen)
-        notes.append(f"attention runs as {chosen} (config: {model.config._attn_implementation}); weights unchanged")
-        return Applied(model=model, execution="dense", metrics=metrics, notes=notes, stages=[{"sweep": {"columns": columns, "rows": rows}}])
-
+        notes.append(
+            f"attention runs as {chosen} (config: {model.config._attn_implementation}); weights unchanged"
+        )
+        return Applied(
+            model=model,
+            execution="dense",
+            metrics=metrics,
+            notes=notes,
+            stages=[{"sweep": {"columns": columns, "rows": rows}}],
+        )

@@ -44,12 +44,23 @@ def resolve_lengths(model: nn.Module, lengths: list[int]) -> list[int]:
 
 
 @torch.inference_mode()
-def greedy(model: nn.Module, input_ids: torch.Tensor, new_tokens: int, pad_token_id: int | None = None, **kwargs: Any) -> torch.Tensor:
+def greedy(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    new_tokens: int,
+    pad_token_id: int | None = None,
+    **kwargs: Any,
+) -> torch.Tensor:
     """Exactly ``new_tokens`` greedy tokens after ``input_ids`` (EOS suppressed, as in the bench): (B, new_tokens)."""
     input_ids = input_ids.to(model_device(model))
     out = model.generate(
-        input_ids=input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=new_tokens,
-        min_new_tokens=new_tokens, do_sample=False, pad_token_id=pad_token_id, **kwargs,
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        max_new_tokens=new_tokens,
+        min_new_tokens=new_tokens,
+        do_sample=False,
+        pad_token_id=pad_token_id,
+        **kwargs,
     )
     return out[:, input_ids.shape[1] :].cpu()
 
@@ -66,7 +77,15 @@ def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 0) -> float:
     return statistics.median(timed(fn)[1] for _ in range(repeats))
 
 
-def document_prompts(tokenizer, documents: list[str] | tuple[str, ...], count: int, max_tokens: int, template: str = "{text}", chat: bool = False, min_tokens: int = 16) -> list[torch.Tensor]:
+def document_prompts(
+    tokenizer,
+    documents: list[str] | tuple[str, ...],
+    count: int,
+    max_tokens: int,
+    template: str = "{text}",
+    chat: bool = False,
+    min_tokens: int = 16,
+) -> list[torch.Tensor]:
     """Up to ``count`` prompts (1, T) from documents: each document cut to ``max_tokens`` tokens, then templated.
 
     The document is truncated before templating so the instruction around it survives.
@@ -78,7 +97,9 @@ def document_prompts(tokenizer, documents: list[str] | tuple[str, ...], count: i
             continue
         text = template.replace("{text}", tokenizer.decode(ids))
         if chat:
-            ids = tokenizer.apply_chat_template([{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True)
+            ids = tokenizer.apply_chat_template(
+                [{"role": "user", "content": text}], add_generation_prompt=True, tokenize=True
+            )
             if isinstance(ids, dict) or hasattr(ids, "keys"):
                 ids = ids["input_ids"]
         else:
@@ -87,7 +108,9 @@ def document_prompts(tokenizer, documents: list[str] | tuple[str, ...], count: i
         if len(prompts) == count:
             break
     if not prompts:
-        raise ValueError(f"no document of the data group has {min_tokens}+ tokens to build prompts from")
+        raise ValueError(
+            f"no document of the data group has {min_tokens}+ tokens to build prompts from"
+        )
     return prompts
 
 
@@ -95,7 +118,9 @@ def stream_prompts(stream: torch.Tensor, count: int, length: int) -> list[torch.
     """``count`` disjoint (1, length) windows of a token stream (fewer if it is short)."""
     n = min(count, stream.numel() // length)
     if n == 0:
-        raise ValueError(f"the held-out text has {stream.numel()} tokens, fewer than one {length}-token prompt")
+        raise ValueError(
+            f"the held-out text has {stream.numel()} tokens, fewer than one {length}-token prompt"
+        )
     return [stream[i * length : (i + 1) * length].view(1, length).clone() for i in range(n)]
 
 
@@ -111,7 +136,14 @@ class Divergence:
 
 
 @torch.inference_mode()
-def divergence(model: nn.Module, prompt: torch.Tensor, reference: torch.Tensor, other: torch.Tensor, tolerance: float, suppress: list[int] | None = None) -> Divergence | None:
+def divergence(
+    model: nn.Module,
+    prompt: torch.Tensor,
+    reference: torch.Tensor,
+    other: torch.Tensor,
+    tolerance: float,
+    suppress: list[int] | None = None,
+) -> Divergence | None:
     """None if ``other`` equals ``reference`` (both (N,) generated tokens after ``prompt`` (1, T)).
 
     Else recompute the target's logits at the first differing position with a plain full forward
@@ -123,7 +155,9 @@ def divergence(model: nn.Module, prompt: torch.Tensor, reference: torch.Tensor, 
     if diff.numel() == 0:
         return None
     i = int(diff[0])
-    prefix = torch.cat([prompt.view(-1).cpu(), reference[:i]]).view(1, -1).to(model_device(model))  # (1, T + i)
+    prefix = (
+        torch.cat([prompt.view(-1).cpu(), reference[:i]]).view(1, -1).to(model_device(model))
+    )  # (1, T + i)
     logits = model(input_ids=prefix).logits[0, -1].float()  # (V,)
     for t in suppress or []:
         logits[t] = float("-inf")
@@ -150,7 +184,11 @@ def tensor_bytes(obj: Any, seen: set[int] | None = None) -> int:
         return 0
     seen.add(id(obj))
     if isinstance(obj, torch.Tensor):
-        inner = [getattr(obj, a) for a in getattr(obj, "__tensor_flatten__", lambda: ([], None))()[0]] if type(obj) is not torch.Tensor else []
+        inner = (
+            [getattr(obj, a) for a in getattr(obj, "__tensor_flatten__", lambda: ([], None))()[0]]
+            if type(obj) is not torch.Tensor
+            else []
+        )
         if inner:  # tensor subclass (e.g. a quanto QTensor): count its packed parts
             return sum(tensor_bytes(t, seen) for t in inner)
         return obj.numel() * obj.element_size()

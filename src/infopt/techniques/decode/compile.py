@@ -44,10 +44,21 @@ def compile_config(c: TorchCompileConfig, device: torch.device):
     return cc
 
 
-def decode_speed(model: nn.Module, prompt: torch.Tensor, new_tokens: int, pad: int | None, repeats: int, **kwargs: Any) -> float:
+def decode_speed(
+    model: nn.Module,
+    prompt: torch.Tensor,
+    new_tokens: int,
+    pad: int | None,
+    repeats: int,
+    **kwargs: Any,
+) -> float:
     """Decode tokens/s excluding prefill: (t(N) - t(1)) / (N - 1), medians over ``repeats``."""
-    one = statistics.median(timed(lambda: greedy(model, prompt, 1, pad, **kwargs))[1] for _ in range(repeats))
-    full = statistics.median(timed(lambda: greedy(model, prompt, new_tokens, pad, **kwargs))[1] for _ in range(repeats))
+    one = statistics.median(
+        timed(lambda: greedy(model, prompt, 1, pad, **kwargs))[1] for _ in range(repeats)
+    )
+    full = statistics.median(
+        timed(lambda: greedy(model, prompt, new_tokens, pad, **kwargs))[1] for _ in range(repeats)
+    )
     return (new_tokens - 1) / max(full - one, 1e-9)
 
 
@@ -59,10 +70,14 @@ class Compile(Technique):
     def check(self, cfg: InfoptConfig) -> None:
         c: TorchCompileConfig = self.config  # type: ignore[assignment]
         if c.mode == "reduce-overhead" and cfg.hardware.accelerator != "gpu":
-            raise ConfigError("technique.mode=reduce-overhead uses CUDA graphs and needs hardware=gpu; on CPU use default or max-autotune-no-cudagraphs")
+            raise ConfigError(
+                "technique.mode=reduce-overhead uses CUDA graphs and needs hardware=gpu; on CPU use default or max-autotune-no-cudagraphs"
+            )
         need = cfg.bench.prompt_tokens + max(cfg.bench.new_tokens, c.check_new_tokens)
         if c.max_cache_len is not None and c.max_cache_len < need:
-            raise ConfigError(f"technique.max_cache_len={c.max_cache_len} is shorter than bench.prompt_tokens + new tokens = {need}")
+            raise ConfigError(
+                f"technique.max_cache_len={c.max_cache_len} is shorter than bench.prompt_tokens + new tokens = {need}"
+            )
 
     def apply(self, model: nn.Module, ctx: RunContext) -> Applied:
         c: TorchCompileConfig = self.config  # type: ignore[assignment]
@@ -85,7 +100,10 @@ class Compile(Technique):
 
         # Compile happens inside the first compiled generate (at its first decode step).
         _, first_s = timed(lambda: greedy(model, prompts[0], n, pad, **compiled))
-        steady_s = statistics.median(timed(lambda: greedy(model, prompts[0], n, pad, **compiled))[1] for _ in range(c.repeats))
+        steady_s = statistics.median(
+            timed(lambda: greedy(model, prompts[0], n, pad, **compiled))[1]
+            for _ in range(c.repeats)
+        )
         metrics["compile_s"] = max(first_s - steady_s, 0.0)
 
         ties = non_ties = identical = 0
@@ -100,26 +118,52 @@ class Compile(Technique):
         metrics["greedy_divergences_at_ties"] = float(ties)
         metrics["greedy_divergences_not_ties"] = float(non_ties)
         if non_ties:
-            notes.append(f"compiled decode: {non_ties} generation(s) differ from eager greedy at a non-tie")
+            notes.append(
+                f"compiled decode: {non_ties} generation(s) differ from eager greedy at a non-tie"
+            )
 
         # Steady-state decode speed on the same prompt, three ways, plus eager attention as the floor.
         p = prompts[0]
         r = c.repeats
-        metrics["decode_tokens_per_s/compiled_static"] = decode_speed(model, p, n, pad, r, **compiled)
-        metrics["decode_tokens_per_s/static"] = decode_speed(model, p, n, pad, r, **static, disable_compile=True)
+        metrics["decode_tokens_per_s/compiled_static"] = decode_speed(
+            model, p, n, pad, r, **compiled
+        )
+        metrics["decode_tokens_per_s/static"] = decode_speed(
+            model, p, n, pad, r, **static, disable_compile=True
+        )
         metrics["decode_tokens_per_s/dynamic"] = decode_speed(model, p, n, pad, r)
         loaded = model.config._attn_implementation
         if loaded != "eager":
             set_attention(model, "eager")
-            metrics["decode_tokens_per_s/eager_attention_dynamic"] = decode_speed(model, p, n, pad, r)
+            metrics["decode_tokens_per_s/eager_attention_dynamic"] = decode_speed(
+                model, p, n, pad, r
+            )
             set_attention(model, loaded)
         else:
-            metrics["decode_tokens_per_s/eager_attention_dynamic"] = metrics["decode_tokens_per_s/dynamic"]
-        metrics["speedup_vs_dynamic"] = metrics["decode_tokens_per_s/compiled_static"] / metrics["decode_tokens_per_s/dynamic"]
-        metrics["speedup_vs_eager_attention_dynamic"] = metrics["decode_tokens_per_s/compiled_static"] / metrics["decode_tokens_per_s/eager_attention_dynamic"]
+            metrics["decode_tokens_per_s/eager_attention_dynamic"] = metrics[
+                "decode_tokens_per_s/dynamic"
+            ]
+        metrics["speedup_vs_dynamic"] = (
+            metrics["decode_tokens_per_s/compiled_static"] / metrics["decode_tokens_per_s/dynamic"]
+        )
+        metrics["speedup_vs_eager_attention_dynamic"] = (
+            metrics["decode_tokens_per_s/compiled_static"]
+            / metrics["decode_tokens_per_s/eager_attention_dynamic"]
+        )
         log.info("compile: %s", metrics)
-        ctx.logger.log_table("compile", ["variant", "decode_tokens_per_s"],
-                             [[k.split("/", 1)[1], round(v, 2)] for k, v in metrics.items() if k.startswith("decode_tokens_per_s/")])
-        notes.append(f"decode step compiled with torch.compile(backend={c.backend}, mode={c.mode}); static cache of {max_len} tokens; "
-                     f"compile took {metrics['compile_s']:.1f} s (excluded from speeds)")
-        return Applied(model=model, execution="dense", generate_kwargs=compiled, metrics=metrics, notes=notes)
+        ctx.logger.log_table(
+            "compile",
+            ["variant", "decode_tokens_per_s"],
+            [
+                [k.split("/", 1)[1], round(v, 2)]
+                for k, v in metrics.items()
+                if k.startswith("decode_tokens_per_s/")
+            ],
+        )
+        notes.append(
+            f"decode step compiled with torch.compile(backend={c.backend}, mode={c.mode}); static cache of {max_len} tokens; "
+            f"compile took {metrics['compile_s']:.1f} s (excluded from speeds)"
+        )
+        return Applied(
+            model=model, execution="dense", generate_kwargs=compiled, metrics=metrics, notes=notes
+        )

@@ -29,7 +29,15 @@ from torch.nn import functional as F
 from infopt.bench.measure import PeakMemory
 from infopt.errors import ConfigError
 from infopt.techniques.base import Applied, Technique
-from infopt.techniques.decode.common import cache_bytes, divergence, eos_ids, greedy, model_device, resolve_lengths, stream_prompts
+from infopt.techniques.decode.common import (
+    cache_bytes,
+    divergence,
+    eos_ids,
+    greedy,
+    model_device,
+    resolve_lengths,
+    stream_prompts,
+)
 from infopt.techniques.decode.config import KVCacheConfig
 
 if TYPE_CHECKING:
@@ -49,7 +57,9 @@ def generate_kwargs(c: KVCacheConfig) -> dict[str, Any]:
     if c.implementation == "quantized":
         cache_config: dict[str, Any] = {"backend": c.quant_backend}
         if c.quant_backend != "fp8":  # fp8 quantizes per tensor and rejects group options
-            cache_config.update(nbits=c.nbits, q_group_size=c.q_group_size, residual_length=c.residual_length)
+            cache_config.update(
+                nbits=c.nbits, q_group_size=c.q_group_size, residual_length=c.residual_length
+            )
         kwargs["cache_config"] = cache_config
     return kwargs
 
@@ -76,7 +86,9 @@ def make_cache(model: nn.Module, implementation: str, max_len: int, c: KVCacheCo
 
 
 @torch.inference_mode()
-def cache_in_loop_nll(model: nn.Module, window: torch.Tensor, cache, chunk: int) -> tuple[float, int, torch.Tensor]:
+def cache_in_loop_nll(
+    model: nn.Module, window: torch.Tensor, cache, chunk: int
+) -> tuple[float, int, torch.Tensor]:
     """Sum NLL of predicting window[1:] feeding ``chunk`` tokens per forward through ``cache``.
 
     Returns (sum NLL, predicted tokens, logits (T, V)) so two caches can be compared position by position.
@@ -95,7 +107,9 @@ def cache_in_loop_nll(model: nn.Module, window: torch.Tensor, cache, chunk: int)
 
 
 @torch.inference_mode()
-def memory_point(model: nn.Module, implementation: str, n: int, c: KVCacheConfig, stream: torch.Tensor) -> dict[str, float]:
+def memory_point(
+    model: nn.Module, implementation: str, n: int, c: KVCacheConfig, stream: torch.Tensor
+) -> dict[str, float]:
     """Cache bytes after prefilling n tokens and one decode step; peak working memory of both."""
     device = model_device(model)
     reps = -(-n // max(stream.numel(), 1))
@@ -104,7 +118,10 @@ def memory_point(model: nn.Module, implementation: str, n: int, c: KVCacheConfig
     with PeakMemory(device) as mem:
         out = model(input_ids=ids, cache=cache, use_cache=True)
         out = model(input_ids=out.logits[:, -1:].argmax(-1), cache=out.cache, use_cache=True)
-    return {"cache_mb": cache_bytes(out.cache) / MB, "working_memory_mb": (mem.peak - mem.start) / MB}
+    return {
+        "cache_mb": cache_bytes(out.cache) / MB,
+        "working_memory_mb": (mem.peak - mem.start) / MB,
+    }
 
 
 class KVCache(Technique):
@@ -121,8 +138,13 @@ class KVCache(Technique):
             )
         if c.implementation == "quantized" and c.quant_backend in _BACKEND_PACKAGES:
             module, package = _BACKEND_PACKAGES[c.quant_backend]
-            if importlib.util.find_spec(module.split(".")[0]) is None or importlib.util.find_spec(module) is None:
-                raise ConfigError(f"technique.quant_backend={c.quant_backend} needs the {package} package (pip install {package}); fp8 works without one")
+            if (
+                importlib.util.find_spec(module.split(".")[0]) is None
+                or importlib.util.find_spec(module) is None
+            ):
+                raise ConfigError(
+                    f"technique.quant_backend={c.quant_backend} needs the {package} package (pip install {package}); fp8 works without one"
+                )
 
     def apply(self, model: nn.Module, ctx: RunContext) -> Applied:
         c: KVCacheConfig = self.config  # type: ignore[assignment]
@@ -136,23 +158,33 @@ class KVCache(Technique):
         for n in resolve_lengths(model, c.context_lengths):
             for impl in dict.fromkeys(["dynamic", c.implementation]):
                 point = memory_point(model, impl, n, c, stream)
-                rows.append([impl, n, round(point["cache_mb"], 3), round(point["working_memory_mb"], 1)])
+                rows.append(
+                    [impl, n, round(point["cache_mb"], 3), round(point["working_memory_mb"], 1)]
+                )
                 tag = "dynamic" if impl == "dynamic" and impl != c.implementation else "cache"
                 for k, v in point.items():
                     metrics[f"{k}/{tag}/ctx{n}"] = v
             if c.implementation != "dynamic":
-                metrics[f"cache_memory_ratio/ctx{n}"] = metrics[f"cache_mb/dynamic/ctx{n}"] / max(metrics[f"cache_mb/cache/ctx{n}"], 1e-12)
+                metrics[f"cache_memory_ratio/ctx{n}"] = metrics[f"cache_mb/dynamic/ctx{n}"] / max(
+                    metrics[f"cache_mb/cache/ctx{n}"], 1e-12
+                )
         ctx.logger.log_table("kv_cache_memory", columns, rows)
 
         # Perplexity with the cache in the loop, against the dynamic cache under the same protocol.
         windows = ctx.data.heldout_blocks(c.ppl_window)[: c.ppl_windows]
         if windows.shape[0] == 0:
-            raise ConfigError(f"technique.ppl_window={c.ppl_window}: the held-out text is shorter than one window")
+            raise ConfigError(
+                f"technique.ppl_window={c.ppl_window}: the held-out text is shorter than one window"
+            )
         totals = {"dynamic": [0.0, 0], "cache": [0.0, 0]}
         max_diff = 0.0
         for w in windows:
-            nll_d, n_d, logits_d = cache_in_loop_nll(model, w, make_cache(model, "dynamic", c.ppl_window, c), c.ppl_chunk)
-            nll_c, n_c, logits_c = cache_in_loop_nll(model, w, make_cache(model, c.implementation, c.ppl_window, c), c.ppl_chunk)
+            nll_d, n_d, logits_d = cache_in_loop_nll(
+                model, w, make_cache(model, "dynamic", c.ppl_window, c), c.ppl_chunk
+            )
+            nll_c, n_c, logits_c = cache_in_loop_nll(
+                model, w, make_cache(model, c.implementation, c.ppl_window, c), c.ppl_chunk
+            )
             totals["dynamic"][0] += nll_d
             totals["dynamic"][1] += n_d
             totals["cache"][0] += nll_c
@@ -187,9 +219,19 @@ class KVCache(Technique):
         metrics["greedy_divergences_at_ties"] = float(ties)
         metrics["greedy_divergences_not_ties"] = float(non_ties)
         if c.implementation == "quantized":
-            notes.append(f"KV cache quantized ({c.quant_backend}): perplexity x{ppl_c / ppl_d:.4f} vs the dynamic cache, "
-                         f"{identical}/{len(prompts)} greedy generations identical")
+            notes.append(
+                f"KV cache quantized ({c.quant_backend}): perplexity x{ppl_c / ppl_d:.4f} vs the dynamic cache, "
+                f"{identical}/{len(prompts)} greedy generations identical"
+            )
         elif non_ties:
-            notes.append(f"{c.implementation} cache: {non_ties} greedy generation(s) differ from the dynamic cache at a non-tie (unexpected)")
-        return Applied(model=model, execution="dense", generate_kwargs=kwargs, metrics=metrics, notes=notes,
-                       stages=[{"memory": {"columns": columns, "rows": rows}}])
+            notes.append(
+                f"{c.implementation} cache: {non_ties} greedy generation(s) differ from the dynamic cache at a non-tie (unexpected)"
+            )
+        return Applied(
+            model=model,
+            execution="dense",
+            generate_kwargs=kwargs,
+            metrics=metrics,
+            notes=notes,
+            stages=[{"memory": {"columns": columns, "rows": rows}}],
+        )

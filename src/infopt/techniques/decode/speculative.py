@@ -32,7 +32,14 @@ from torch import nn
 
 from infopt.errors import ConfigError
 from infopt.techniques.base import Applied, Technique
-from infopt.techniques.decode.common import divergence, document_prompts, eos_ids, greedy, model_device, timed
+from infopt.techniques.decode.common import (
+    divergence,
+    document_prompts,
+    eos_ids,
+    greedy,
+    model_device,
+    timed,
+)
 from infopt.techniques.decode.config import SpeculativeConfig
 
 if TYPE_CHECKING:
@@ -72,7 +79,9 @@ def decoder_layers(model: nn.Module) -> tuple[nn.Module, str]:
                 return parent, last
         except AttributeError:
             continue
-    raise ConfigError(f"technique.draft.kind=layer_subset: cannot find the decoder layers of {type(model).__name__}; use draft.kind=model or path")
+    raise ConfigError(
+        f"technique.draft.kind=layer_subset: cannot find the decoder layers of {type(model).__name__}; use draft.kind=model or path"
+    )
 
 
 def layer_subset_indices(num_layers: int, stride: int) -> list[int]:
@@ -90,7 +99,9 @@ def layer_subset_draft(model: nn.Module, stride: int) -> nn.Module:
     layers = getattr(parent, name)
     keep = layer_subset_indices(len(layers), stride)
     if len(keep) == len(layers):
-        raise ConfigError(f"technique.draft.layer_stride={stride} keeps all {len(layers)} layers; use a larger stride")
+        raise ConfigError(
+            f"technique.draft.layer_stride={stride} keeps all {len(layers)} layers; use a larger stride"
+        )
     setattr(parent, name, nn.ModuleList(layers[i] for i in keep))
     # Each attention module indexes the KV cache by its layer_idx: renumber them 0..n-1.
     for new_idx, layer in enumerate(getattr(parent, name)):
@@ -110,7 +121,9 @@ def _model_dir(path: str) -> Path:
     for candidate in (p, p / "model"):
         if (candidate / "config.json").is_file():
             return candidate
-    raise ConfigError(f"technique.draft.path={path!r}: no config.json there or under model/ (give a saved model dir or a run dir saved with technique.save_model=true)")
+    raise ConfigError(
+        f"technique.draft.path={path!r}: no config.json there or under model/ (give a saved model dir or a run dir saved with technique.save_model=true)"
+    )
 
 
 def _local_tokenizer_source(model_cfg: ModelConfig) -> str | None:
@@ -126,18 +139,34 @@ def _local_tokenizer_source(model_cfg: ModelConfig) -> str | None:
 
 
 def _has_tokenizer(directory: Path) -> bool:
-    return any((directory / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json"))
+    return any(
+        (directory / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "vocab.json")
+    )
 
 
-def same_vocabulary(target_tok, draft_tok, target_vocab_size: int | None, draft_vocab_size: int | None, what: str) -> None:
+def same_vocabulary(
+    target_tok, draft_tok, target_vocab_size: int | None, draft_vocab_size: int | None, what: str
+) -> None:
     """Raise ConfigError naming the difference when draft and target cannot share token ids."""
-    if target_vocab_size is not None and draft_vocab_size is not None and target_vocab_size != draft_vocab_size:
-        raise ConfigError(f"{what}: the draft's vocabulary has {draft_vocab_size} entries, the target's {target_vocab_size}; "
-                          "speculative decoding here needs the same tokenizer and vocabulary")
-    if target_tok is not None and draft_tok is not None and target_tok.get_vocab() != draft_tok.get_vocab():
+    if (
+        target_vocab_size is not None
+        and draft_vocab_size is not None
+        and target_vocab_size != draft_vocab_size
+    ):
+        raise ConfigError(
+            f"{what}: the draft's vocabulary has {draft_vocab_size} entries, the target's {target_vocab_size}; "
+            "speculative decoding here needs the same tokenizer and vocabulary"
+        )
+    if (
+        target_tok is not None
+        and draft_tok is not None
+        and target_tok.get_vocab() != draft_tok.get_vocab()
+    ):
         diff = len(set(target_tok.get_vocab().items()) ^ set(draft_tok.get_vocab().items()))
-        raise ConfigError(f"{what}: the draft's tokenizer differs from the target's ({diff} differing token-id pairs; "
-                          f"{len(draft_tok)} vs {len(target_tok)} tokens); speculative decoding here needs the same tokenizer")
+        raise ConfigError(
+            f"{what}: the draft's tokenizer differs from the target's ({diff} differing token-id pairs; "
+            f"{len(draft_tok)} vs {len(target_tok)} tokens); speculative decoding here needs the same tokenizer"
+        )
 
 
 # --- recording what each step proposed and accepted -------------------------------------------
@@ -189,7 +218,9 @@ class Recorder:
 
 
 @torch.inference_mode()
-def verify_cost_ratio(model: nn.Module, prompt: torch.Tensor, gamma: int, repeats: int = 5) -> float:
+def verify_cost_ratio(
+    model: nn.Module, prompt: torch.Tensor, gamma: int, repeats: int = 5
+) -> float:
     """Time of one target forward over gamma+1 new tokens / over 1 new token, with the prompt cached.
 
     Leviathan et al. assume verifying gamma+1 tokens costs one decode step (true when decode is
@@ -213,7 +244,9 @@ def verify_cost_ratio(model: nn.Module, prompt: torch.Tensor, gamma: int, repeat
     return times[gamma + 1] / times[1]
 
 
-def _decode_s(model: nn.Module, prompt: torch.Tensor, n: int, pad: int | None, **kwargs: Any) -> float:
+def _decode_s(
+    model: nn.Module, prompt: torch.Tensor, n: int, pad: int | None, **kwargs: Any
+) -> float:
     """Seconds per token of plain greedy decoding, prefill excluded: (t(n) - t(1)) / (n - 1)."""
     one = min(timed(lambda: greedy(model, prompt, 1, pad, **kwargs))[1] for _ in range(2))
     full = min(timed(lambda: greedy(model, prompt, n, pad, **kwargs))[1] for _ in range(2))
@@ -248,17 +281,27 @@ class Speculative(Technique):
             draft_src = str(d) if _has_tokenizer(d) else None
             draft_vocab = json.loads((d / "config.json").read_text()).get("vocab_size")
         target_vocab = None
-        if cfg.model.source == "local" or (cfg.model.name_or_path and Path(cfg.model.name_or_path).expanduser().is_dir()):
+        if cfg.model.source == "local" or (
+            cfg.model.name_or_path and Path(cfg.model.name_or_path).expanduser().is_dir()
+        ):
             target_cfg = Path(cfg.model.name_or_path).expanduser() / "config.json"  # type: ignore[arg-type]
             if target_cfg.is_file():
                 target_vocab = json.loads(target_cfg.read_text()).get("vocab_size")
         if target_src and draft_src and target_src != draft_src:
-            same_vocabulary(load_tokenizer(target_src, cache_dir), load_tokenizer(draft_src, cache_dir), target_vocab, draft_vocab, "technique.draft")
+            same_vocabulary(
+                load_tokenizer(target_src, cache_dir),
+                load_tokenizer(draft_src, cache_dir),
+                target_vocab,
+                draft_vocab,
+                "technique.draft",
+            )
         elif draft_vocab is not None and target_src:
             tok = load_tokenizer(target_src, cache_dir)
             if target_vocab is None and draft_vocab < len(tok):
-                raise ConfigError(f"technique.draft: the draft's vocabulary has {draft_vocab} entries, fewer than the target tokenizer's {len(tok)}; "
-                                  "speculative decoding here needs the same tokenizer and vocabulary")
+                raise ConfigError(
+                    f"technique.draft: the draft's vocabulary has {draft_vocab} entries, fewer than the target tokenizer's {len(tok)}; "
+                    "speculative decoding here needs the same tokenizer and vocabulary"
+                )
             same_vocabulary(None, None, target_vocab, draft_vocab, "technique.draft")
 
     def load_draft(self, model: nn.Module, ctx: RunContext) -> tuple[nn.Module, Any]:
@@ -287,15 +330,23 @@ class Speculative(Technique):
         notes: list[str] = []
         if c.prompt_lookup > 0:
             gamma = c.prompt_lookup
-            kwargs: dict[str, Any] = {"prompt_lookup_num_tokens": c.prompt_lookup, "max_matching_ngram_size": c.max_matching_ngram_size}
+            kwargs: dict[str, Any] = {
+                "prompt_lookup_num_tokens": c.prompt_lookup,
+                "max_matching_ngram_size": c.max_matching_ngram_size,
+            }
             draft = None
             what = f"prompt lookup ({c.prompt_lookup} tokens, n-grams up to {c.max_matching_ngram_size})"
         else:
             gamma = c.draft.num_tokens
             draft, draft_tok = self.load_draft(model, ctx)
             # Checked again on the loaded objects, before any generation.
-            same_vocabulary(ctx.tokenizer, draft_tok, model.config.get_text_config().vocab_size,
-                            draft.config.get_text_config().vocab_size, "technique.draft")
+            same_vocabulary(
+                ctx.tokenizer,
+                draft_tok,
+                model.config.get_text_config().vocab_size,
+                draft.config.get_text_config().vocab_size,
+                "technique.draft",
+            )
             # A constant draft length and no confidence cut-off: every step drafts exactly gamma tokens,
             # the setting the formula assumes.
             gc = draft.generation_config
@@ -303,11 +354,16 @@ class Speculative(Technique):
             gc.num_assistant_tokens_schedule = "constant"
             gc.assistant_confidence_threshold = 0.0
             kwargs = {"assistant_model": draft}
-            what = {"layer_subset": f"layer-subset draft (every {c.draft.layer_stride}th layer: {draft.config.num_hidden_layers} of {model.config.num_hidden_layers})",
-                    "model": f"draft model {getattr(c.draft.model, 'name', '?')}", "path": f"draft from {c.draft.path}"}[c.draft.kind]
+            what = {
+                "layer_subset": f"layer-subset draft (every {c.draft.layer_stride}th layer: {draft.config.num_hidden_layers} of {model.config.num_hidden_layers})",
+                "model": f"draft model {getattr(c.draft.model, 'name', '?')}",
+                "path": f"draft from {c.draft.path}",
+            }[c.draft.kind]
             metrics["draft_params"] = float(sum(p.numel() for p in draft.parameters()))
 
-        prompts = document_prompts(ctx.tokenizer, ctx.data.corpus.heldout, c.prompts, c.prompt_tokens, c.template, c.chat)
+        prompts = document_prompts(
+            ctx.tokenizer, ctx.data.corpus.heldout, c.prompts, c.prompt_tokens, c.template, c.chat
+        )
         n = c.new_tokens
         # Warm-up (allocator, lazy inits) on the first prompt, untimed.
         greedy(model, prompts[0], 4, pad)
@@ -328,14 +384,32 @@ class Speculative(Technique):
                 if d is not None:
                     ties += d.tie
                     non_ties += not d.tie
-                    log.warning("prompt %d: speculative output differs from greedy at token %d (gap %.3g, tie=%s)", i, d.position, d.gap, d.tie)
+                    log.warning(
+                        "prompt %d: speculative output differs from greedy at token %d (gap %.3g, tie=%s)",
+                        i,
+                        d.position,
+                        d.gap,
+                        d.tie,
+                    )
                 steps = len(recorder.record.accepted) - before
                 plain_s, spec_s, prefill_s = plain_s + tp, spec_s + ts, prefill_s + t1
-                rows.append([i, p.shape[1], steps, round(n / max(steps, 1), 3), round(tp, 3), round(ts, 3), d is None or d.tie])
+                rows.append(
+                    [
+                        i,
+                        p.shape[1],
+                        steps,
+                        round(n / max(steps, 1), 3),
+                        round(tp, 3),
+                        round(ts, 3),
+                        d is None or d.tie,
+                    ]
+                )
         finally:
             recorder.close()
         if non_ties:
-            raise RuntimeError(f"speculative decoding changed {non_ties} greedy generation(s) at a non-tie: a bug, not a tolerance issue")
+            raise RuntimeError(
+                f"speculative decoding changed {non_ties} greedy generation(s) at a non-tie: a bug, not a tolerance issue"
+            )
 
         rec = recorder.record
         steps = len(rec.accepted)
@@ -344,22 +418,24 @@ class Speculative(Technique):
         rejections = sum(1 for p_, a_ in zip(rec.proposed, rec.accepted, strict=True) if a_ < p_)
         alpha = accepted / max(accepted + rejections, 1)
         generated = n * len(prompts)
-        metrics.update({
-            "prompts": float(len(prompts)),
-            "gamma": float(gamma),
-            "acceptance_rate": alpha,
-            "accepted_fraction_of_proposed": accepted / max(proposed, 1),
-            "mean_accepted_per_step": accepted / max(steps, 1),
-            "mean_tokens_per_step": generated / max(steps, 1),
-            "steps_without_proposal": float(sum(1 for p_ in rec.proposed if p_ == 0)),
-            "plain_tokens_per_s": generated / plain_s,
-            "speculative_tokens_per_s": generated / spec_s,
-            "speedup": plain_s / spec_s,
-            # Decode only: the plain prefill time taken off both sides.
-            "speedup_decode": (plain_s - prefill_s) / max(spec_s - prefill_s, 1e-9),
-            "greedy_identical_fraction": identical / len(prompts),
-            "greedy_divergences_at_ties": float(ties),
-        })
+        metrics.update(
+            {
+                "prompts": float(len(prompts)),
+                "gamma": float(gamma),
+                "acceptance_rate": alpha,
+                "accepted_fraction_of_proposed": accepted / max(proposed, 1),
+                "mean_accepted_per_step": accepted / max(steps, 1),
+                "mean_tokens_per_step": generated / max(steps, 1),
+                "steps_without_proposal": float(sum(1 for p_ in rec.proposed if p_ == 0)),
+                "plain_tokens_per_s": generated / plain_s,
+                "speculative_tokens_per_s": generated / spec_s,
+                "speedup": plain_s / spec_s,
+                # Decode only: the plain prefill time taken off both sides.
+                "speedup_decode": (plain_s - prefill_s) / max(spec_s - prefill_s, 1e-9),
+                "greedy_identical_fraction": identical / len(prompts),
+                "greedy_divergences_at_ties": float(ties),
+            }
+        )
 
         # Cost ratio c: one draft token's time over one target decode step, both measured here.
         target_step = _decode_s(model, prompts[0], min(n, 16), pad)
@@ -370,25 +446,49 @@ class Speculative(Technique):
         # steps of time. With a constant gamma this is exactly (1 - a^(g+1)) / ((1 - a)(g c + 1)); prompt
         # lookup proposes 0..gamma tokens per step, so its steps enter with their own g.
         expected = sum(expected_tokens_per_step(alpha, g) for g in rec.proposed) / max(steps, 1)
-        draft_cost = (rec.draft_s / max(steps, 1)) / target_step  # draft time per step, in target steps
-        metrics.update({
-            "target_step_ms": 1e3 * target_step,
-            "draft_ms_per_token": 1e3 * draft_token_s,
-            "cost_ratio": c_ratio,
-            "verify_cost_ratio": v,
-            "predicted_tokens_per_step": expected,
-            "predicted_speedup": expected / (1 + draft_cost),
-            "predicted_speedup_formula_gamma": predicted_speedup(alpha, gamma, c_ratio),
-            # The same with the measured cost of verifying gamma+1 tokens instead of one step's.
-            "predicted_speedup_with_verify_cost": expected / (draft_cost + v),
-        })
+        draft_cost = (
+            rec.draft_s / max(steps, 1)
+        ) / target_step  # draft time per step, in target steps
+        metrics.update(
+            {
+                "target_step_ms": 1e3 * target_step,
+                "draft_ms_per_token": 1e3 * draft_token_s,
+                "cost_ratio": c_ratio,
+                "verify_cost_ratio": v,
+                "predicted_tokens_per_step": expected,
+                "predicted_speedup": expected / (1 + draft_cost),
+                "predicted_speedup_formula_gamma": predicted_speedup(alpha, gamma, c_ratio),
+                # The same with the measured cost of verifying gamma+1 tokens instead of one step's.
+                "predicted_speedup_with_verify_cost": expected / (draft_cost + v),
+            }
+        )
         metrics["speedup_vs_prediction"] = metrics["speedup_decode"] / metrics["predicted_speedup"]
-        columns = ["prompt", "prompt_tokens", "steps", "tokens_per_step", "plain_s", "speculative_s", "same_as_greedy"]
+        columns = [
+            "prompt",
+            "prompt_tokens",
+            "steps",
+            "tokens_per_step",
+            "plain_s",
+            "speculative_s",
+            "same_as_greedy",
+        ]
         ctx.logger.log_table("speculative", columns, rows)
-        notes.append(f"speculative decoding with {what}: acceptance {alpha:.3f}, {metrics['mean_tokens_per_step']:.2f} tokens per target pass, "
-                     f"speedup {metrics['speedup']:.2f}x measured vs {metrics['predicted_speedup']:.2f}x predicted (Leviathan et al. 2023, Thm 3.8)")
-        notes.append(f"greedy outputs: {identical}/{len(prompts)} identical to plain greedy decoding, {ties} differ only at top-2 logit ties")
+        notes.append(
+            f"speculative decoding with {what}: acceptance {alpha:.3f}, {metrics['mean_tokens_per_step']:.2f} tokens per target pass, "
+            f"speedup {metrics['speedup']:.2f}x measured vs {metrics['predicted_speedup']:.2f}x predicted (Leviathan et al. 2023, Thm 3.8)"
+        )
+        notes.append(
+            f"greedy outputs: {identical}/{len(prompts)} identical to plain greedy decoding, {ties} differ only at top-2 logit ties"
+        )
         if math.isfinite(v) and v > 1.2:
-            notes.append(f"verifying {gamma + 1} tokens costs {v:.2f}x a one-token step here (the formula assumes 1x)")
-        return Applied(model=model, execution="dense", generate_kwargs=kwargs, metrics=metrics, notes=notes,
-                       stages=[{"speculative": {"columns": columns, "rows": rows}}])
+            notes.append(
+                f"verifying {gamma + 1} tokens costs {v:.2f}x a one-token step here (the formula assumes 1x)"
+            )
+        return Applied(
+            model=model,
+            execution="dense",
+            generate_kwargs=kwargs,
+            metrics=metrics,
+            notes=notes,
+            stages=[{"speculative": {"columns": columns, "rows": rows}}],
+        )
