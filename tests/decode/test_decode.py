@@ -487,3 +487,48 @@ def test_draft_model_config_composes_and_runs(tmp_path):
     )
     assert "decode_tokens_per_s_b1" in record["result"]["bench"]
     assert any("batch 2 skipped" in n for n in record["technique"]["notes"])
+
+
+# --- slow: real kernels and the real model ------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_inductor_compiled_decode_matches_eager(tokenizer, text_data):
+    """Inductor (real generated C++ kernels) on CPU: compiled greedy tokens equal eager ones."""
+    from transformers import CompileConfig
+
+    from infopt.techniques.decode.common import greedy
+
+    model = tiny(tokenizer)
+    cc = CompileConfig(mode="default")
+    cc._compile_all_devices = True
+    for p in prompts(text_data):
+        ref = greedy(model, p, 12, PAD)
+        out = greedy(
+            model, p, 12, PAD, cache_implementation="static", max_cache_len=64, compile_config=cc
+        )
+        assert_greedy_equivalent(model, p, ref, out)
+    assert hasattr(model, "_compiled_call")
+
+
+@pytest.mark.slow
+def test_smollm2_speculative_greedy_equivalence(tokenizer, text_data):
+    from transformers import AutoModelForCausalLM
+
+    from conftest import CACHE_DIR
+    from infopt.models.embedded import cached_checkpoint
+    from infopt.techniques.decode.common import greedy
+    from infopt.techniques.decode.speculative import layer_subset_draft
+
+    model = AutoModelForCausalLM.from_pretrained(str(cached_checkpoint(CACHE_DIR))).eval()
+    draft = layer_subset_draft(model, 3)
+    draft.generation_config.num_assistant_tokens_schedule = "constant"
+    for p in prompts(text_data, 2, 64):
+        ref = greedy(model, p, 24, tokenizer.pad_token_id)
+        for kwargs in (
+            {"assistant_model": draft},
+            {"prompt_lookup_num_tokens": 10},
+            {"cache_implementation": "static"},
+        ):
+            out = greedy(model, p, 24, tokenizer.pad_token_id, **kwargs)
+            assert_greedy_equivalent(model, p, ref, out)
