@@ -1,0 +1,1 @@
+"""Decode-time techniques: attention kernels, KV caches, torch.compile, speculative decoding."""

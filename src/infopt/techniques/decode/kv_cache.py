@@ -1,0 +1,237 @@
+"""KV-cache layouts for decoding: dynamic, static, offloaded, quantized (transformers' caches).
+
+- dynamic: grows by concatenation each step (transformers' default).
+- static: preallocated to a maximum length, updated in place; fixed shapes make the decode step
+  compilable (see ``technique=compile``).
+- offloaded / offloaded_static: layers live in CPU memory and are prefetched to the GPU one layer
+  ahead (GPU only: on CPU there is nothing to offload to).
+- quantized: stores keys/values in low precision. ``fp8`` (built into transformers) keeps e4m3
+  values with one per-tensor scale frozen at the first update; ``quanto``/``hqq`` quantize per
+  channel in groups with a full-precision residual window, after KIVI (Liu et al. 2024,
+  "KIVI: A Tuning-Free Asymmetric 2bit Quantization for KV Cache").
+
+The weights are untouched. What a cache changes is measured three ways: the bytes it holds at each
+context length (against the dynamic cache), held-out token perplexity computed chunk by chunk with
+the cache in the loop (each chunk attends to the cached, possibly quantized, keys of earlier
+chunks), and agreement of greedy generations with the dynamic cache's.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import math
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch.nn import functional as F
+
+from infopt.bench.measure import PeakMemory
+from infopt.errors import ConfigError
+from infopt.techniques.base import Applied, Technique
+from infopt.techniques.decode.common import (
+    cache_bytes,
+    divergence,
+    eos_ids,
+    greedy,
+    model_device,
+    resolve_lengths,
+    stream_prompts,
+)
+from infopt.techniques.decode.config import KVCacheConfig
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from infopt.config.schema import InfoptConfig
+    from infopt.context import RunContext
+
+log = logging.getLogger(__name__)
+MB = 2**20
+_BACKEND_PACKAGES = {"quanto": ("optimum.quanto", "optimum-quanto"), "hqq": ("hqq", "hqq")}
+
+
+def generate_kwargs(c: KVCacheConfig) -> dict[str, Any]:
+    """What generate() needs to build this cache itself."""
+    kwargs: dict[str, Any] = {"cache_implementation": c.implementation}
+    if c.implementation == "quantized":
+        cache_config: dict[str, Any] = {"backend": c.quant_backend}
+        if c.quant_backend != "fp8":  # fp8 quantizes per tensor and rejects group options
+            cache_config.update(
+                nbits=c.nbits, q_group_size=c.q_group_size, residual_length=c.residual_length
+            )
+        kwargs["cache_config"] = cache_config
+    return kwargs
+
+
+def make_cache(model: nn.Module, implementation: str, max_len: int, c: KVCacheConfig | None = None):
+    """A fresh cache object for direct forward calls (the same classes generate() builds)."""
+    from transformers import DynamicCache, QuantizedCache, StaticCache
+
+    config = model.config.get_text_config(decoder=True)
+    if implementation == "dynamic":
+        return DynamicCache(config=config)
+    if implementation in ("offloaded", "offloaded_static"):
+        if implementation == "offloaded":
+            return DynamicCache(config=config, offloading=True)
+        return StaticCache(config=config, max_cache_len=max_len, offloading=True)
+    if implementation == "static":
+        return StaticCache(config=config, max_cache_len=max_len)
+    if implementation == "quantized":
+        assert c is not None
+        cache_config = generate_kwargs(c)["cache_config"]
+        backend = cache_config.pop("backend")
+        return QuantizedCache(backend=backend, config=config, **cache_config)
+    raise ValueError(f"unknown cache implementation {implementation!r}")
+
+
+@torch.inference_mode()
+def cache_in_loop_nll(
+    model: nn.Module, window: torch.Tensor, cache, chunk: int
+) -> tuple[float, int, torch.Tensor]:
+    """Sum NLL of predicting window[1:] feeding ``chunk`` tokens per forward through ``cache``.
+
+    Returns (sum NLL, predicted tokens, logits (T, V)) so two caches can be compared position by position.
+    """
+    device = model_device(model)
+    window = window.view(1, -1).to(device)  # (1, T)
+    logits = []
+    for s in range(0, window.shape[1], chunk):
+        ids = window[:, s : s + chunk]  # (1, C)
+        out = model(input_ids=ids, cache=cache, use_cache=True)
+        cache = out.cache
+        logits.append(out.logits[0].float())  # (C, V)
+    full = torch.cat(logits)  # (T, V)
+    nll = F.cross_entropy(full[:-1], window[0, 1:], reduction="sum")
+    return float(nll), window.shape[1] - 1, full
+
+
+@torch.inference_mode()
+def memory_point(
+    model: nn.Module, implementation: str, n: int, c: KVCacheConfig, stream: torch.Tensor
+) -> dict[str, float]:
+    """Cache bytes after prefilling n tokens and one decode step; peak working memory of both."""
+    device = model_device(model)
+    reps = -(-n // max(stream.numel(), 1))
+    ids = stream.repeat(reps)[:n].view(1, n).to(device)  # (1, n)
+    cache = make_cache(model, implementation, n + 1, c)
+    with PeakMemory(device) as mem:
+        out = model(input_ids=ids, cache=cache, use_cache=True)
+        out = model(input_ids=out.logits[:, -1:].argmax(-1), cache=out.cache, use_cache=True)
+    return {
+        "cache_mb": cache_bytes(out.cache) / MB,
+        "working_memory_mb": (mem.peak - mem.start) / MB,
+    }
+
+
+class KVCache(Technique):
+    """Decode with another KV-cache layout; measure its memory and quality effect."""
+
+    config_class = KVCacheConfig
+
+    def check(self, cfg: InfoptConfig) -> None:
+        c: KVCacheConfig = self.config  # type: ignore[assignment]
+        if c.implementation.startswith("offloaded") and cfg.hardware.accelerator != "gpu":
+            raise ConfigError(
+                f"technique.implementation={c.implementation} offloads cache layers from GPU to CPU memory and needs hardware=gpu; "
+                "on CPU use dynamic, static or quantized"
+            )
+        if c.implementation == "quantized" and c.quant_backend in _BACKEND_PACKAGES:
+            module, package = _BACKEND_PACKAGES[c.quant_backend]
+            if (
+                importlib.util.find_spec(module.split(".")[0]) is None
+                or importlib.util.find_spec(module) is None
+            ):
+                raise ConfigError(
+                    f"technique.quant_backend={c.quant_backend} needs the {package} package (pip install {package}); fp8 works without one"
+                )
+
+    def apply(self, model: nn.Module, ctx: RunContext) -> Applied:
+        c: KVCacheConfig = self.config  # type: ignore[assignment]
+        metrics: dict[str, float] = {}
+        notes: list[str] = []
+        stream = ctx.data.heldout_stream
+
+        # Memory against context length, this cache and the dynamic one.
+        columns = ["cache", "context", "cache_mb", "working_memory_mb"]
+        rows = []
+        for n in resolve_lengths(model, c.context_lengths):
+            for impl in dict.fromkeys(["dynamic", c.implementation]):
+                point = memory_point(model, impl, n, c, stream)
+                rows.append(
+                    [impl, n, round(point["cache_mb"], 3), round(point["working_memory_mb"], 1)]
+                )
+                tag = "dynamic" if impl == "dynamic" and impl != c.implementation else "cache"
+                for k, v in point.items():
+                    metrics[f"{k}/{tag}/ctx{n}"] = v
+            if c.implementation != "dynamic":
+                metrics[f"cache_memory_ratio/ctx{n}"] = metrics[f"cache_mb/dynamic/ctx{n}"] / max(
+                    metrics[f"cache_mb/cache/ctx{n}"], 1e-12
+                )
+        ctx.logger.log_table("kv_cache_memory", columns, rows)
+
+        # Perplexity with the cache in the loop, against the dynamic cache under the same protocol.
+        windows = ctx.data.heldout_blocks(c.ppl_window)[: c.ppl_windows]
+        if windows.shape[0] == 0:
+            raise ConfigError(
+                f"technique.ppl_window={c.ppl_window}: the held-out text is shorter than one window"
+            )
+        totals = {"dynamic": [0.0, 0], "cache": [0.0, 0]}
+        max_diff = 0.0
+        for w in windows:
+            nll_d, n_d, logits_d = cache_in_loop_nll(
+                model, w, make_cache(model, "dynamic", c.ppl_window, c), c.ppl_chunk
+            )
+            nll_c, n_c, logits_c = cache_in_loop_nll(
+                model, w, make_cache(model, c.implementation, c.ppl_window, c), c.ppl_chunk
+            )
+            totals["dynamic"][0] += nll_d
+            totals["dynamic"][1] += n_d
+            totals["cache"][0] += nll_c
+            totals["cache"][1] += n_c
+            max_diff = max(max_diff, float((logits_c - logits_d).abs().max()))
+        ppl_d = math.exp(totals["dynamic"][0] / totals["dynamic"][1])
+        ppl_c = math.exp(totals["cache"][0] / totals["cache"][1])
+        key = f"w{c.ppl_window}_chunk{c.ppl_chunk}"
+        metrics[f"token_perplexity_cache_in_loop_{key}"] = ppl_c
+        metrics[f"token_perplexity_dynamic_in_loop_{key}"] = ppl_d
+        metrics["perplexity_ratio_vs_dynamic"] = ppl_c / ppl_d
+        metrics["max_abs_logit_diff_vs_dynamic"] = max_diff
+
+        # Greedy agreement with the dynamic cache on held-out prompts.
+        kwargs = generate_kwargs(c)
+        pad = ctx.tokenizer.pad_token_id
+        identical, agree, ties, non_ties = 0, 0, 0, 0
+        prompts = stream_prompts(stream, c.agreement_prompts, c.agreement_prompt_tokens)
+        for p in prompts:
+            ref = greedy(model, p, c.agreement_new_tokens, pad)[0]
+            out = greedy(model, p, c.agreement_new_tokens, pad, **kwargs)[0]
+            d = divergence(model, p, ref, out, 1e-4, suppress=eos_ids(model))
+            if d is None:
+                identical += 1
+                agree += c.agreement_new_tokens
+            else:
+                agree += d.position
+                ties += d.tie
+                non_ties += not d.tie
+        metrics["greedy_identical_fraction"] = identical / len(prompts)
+        metrics["greedy_prefix_agreement"] = agree / (len(prompts) * c.agreement_new_tokens)
+        metrics["greedy_divergences_at_ties"] = float(ties)
+        metrics["greedy_divergences_not_ties"] = float(non_ties)
+        if c.implementation == "quantized":
+            notes.append(
+                f"KV cache quantized ({c.quant_backend}): perplexity x{ppl_c / ppl_d:.4f} vs the dynamic cache, "
+                f"{identical}/{len(prompts)} greedy generations identical"
+            )
+        elif non_ties:
+            notes.append(
+                f"{c.implementation} cache: {non_ties} greedy generation(s) differ from the dynamic cache at a non-tie (unexpected)"
+            )
+        return Applied(
+            model=model,
+            execution="dense",
+            generate_kwargs=kwargs,
+            metrics=metrics,
+            notes=notes,
+            stages=[{"memory": {"columns": columns, "rows": rows}}],
+        )
