@@ -228,6 +228,7 @@ def run_experiment(cfg: DictConfig, job: JobInfo | None = None) -> dict[str, Any
                 "metrics": applied.metrics,
                 "notes": applied.notes + measurer.notes + list(resolved.notes),
                 "artifacts": artifacts,
+                "tables": applied.tables,
             },
             "stages": applied.stages,
             "ratios": compute_ratios(baseline, result) if baseline else {},
@@ -254,6 +255,8 @@ def run_experiment(cfg: DictConfig, job: JobInfo | None = None) -> dict[str, Any
 
             columns, stage_table = stage_rows(applied.stages)
             logger.log_table("stages", columns, stage_table)
+        for name, table in applied.tables.items():
+            logger.log_table(f"technique/{name}", list(table["columns"]), [list(r) for r in table["rows"]])
 
         print_summary(record)
         exit_code = 0

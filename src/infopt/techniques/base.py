@@ -39,8 +39,11 @@ class Applied:
     notes: list[str] = field(default_factory=list)
     # Files written (exported model, checkpoints), by kind.
     artifacts: dict[str, str] = field(default_factory=dict)
-    # Per-stage records, for pipelines.
+    # Per-stage records, for pipelines only (name, step, execution, eval, bench, ratios).
     stages: list[dict[str, Any]] = field(default_factory=list)
+    # Named tables a technique measured (context-length sweeps, per-step acceptance, ...):
+    # {"<name>": {"columns": [...], "rows": [[...], ...]}} -> results.json and the logger.
+    tables: dict[str, dict[str, Any]] = field(default_factory=dict)
     # The tokenizer to use from here on, if the technique changed it (rare).
     tokenizer: Any = None
     # The run's own eval + bench of exactly this model, when the technique already took it

@@ -234,5 +234,5 @@ class Attention(Technique):
             execution="dense",
             metrics=metrics,
             notes=notes,
-            stages=[{"sweep": {"columns": columns, "rows": rows}}],
+            tables={"sweep": {"columns": columns, "rows": rows}},
         )

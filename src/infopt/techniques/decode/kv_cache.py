@@ -233,5 +233,5 @@ class KVCache(Technique):
             generate_kwargs=kwargs,
             metrics=metrics,
             notes=notes,
-            stages=[{"memory": {"columns": columns, "rows": rows}}],
+            tables={"memory": {"columns": columns, "rows": rows}},
         )

@@ -490,5 +490,5 @@ class Speculative(Technique):
             generate_kwargs=kwargs,
             metrics=metrics,
             notes=notes,
-            stages=[{"speculative": {"columns": columns, "rows": rows}}],
+            tables={"speculative": {"columns": columns, "rows": rows}},
         )
