@@ -5,6 +5,8 @@ Set in the environment of a run (never in a config, so it cannot leak into a rec
 - ``INFOPT_FAULT_KILL_AT_STEP=N``: killed when training step ``N`` is about to start, i.e. after
   ``N`` optimizer steps and after any checkpoint of step ``N`` was written.
 - ``INFOPT_FAULT_KILL_AT_JOB=K``: killed when multirun job number ``K`` starts.
+- ``INFOPT_FAULT_KILL_DELAY_S=S``: wait ``S`` seconds at that point before the kill (the process
+  stays alive but does nothing, so what it logged before is ``S`` seconds old when it dies).
 
 A SIGKILL cannot be caught: nothing is flushed, no ``finally`` runs, exactly like the OOM killer
 or a pre-empted node. Unset, these hooks cost one environment lookup.
@@ -18,9 +20,13 @@ import sys
 
 STEP_ENV = "INFOPT_FAULT_KILL_AT_STEP"
 JOB_ENV = "INFOPT_FAULT_KILL_AT_JOB"
+DELAY_ENV = "INFOPT_FAULT_KILL_DELAY_S"
 
 
 def _kill(where: str) -> None:
+    import time
+
+    time.sleep(float(os.environ.get(DELAY_ENV, "0")))
     print(f"infopt: fault injection: SIGKILL at {where}", file=sys.stderr, flush=True)
     os.kill(os.getpid(), signal.SIGKILL)
 
