@@ -206,7 +206,7 @@ def test_checkpoint_io_writes_by_rename_and_loads_weights_only(tmp_path):
 
     # A failed save (here: an unpicklable object) leaves the previous checkpoint intact.
     before = target.read_bytes()
-    with pytest.raises(Exception):
+    with pytest.raises(Exception, match="[Pp]ickle"):
         io.save_checkpoint({"state_dict": {}, "bad": lambda: 0}, target)
     assert target.read_bytes() == before
     assert [p.name for p in target.parent.iterdir()] == ["last.ckpt"]

@@ -36,6 +36,7 @@ _SECRET_TEXT = re.compile(
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 # key=value and key: value pairs in free text (command lines, overrides.yaml, log lines).
 _ASSIGNMENT = re.compile(r"(?P<key>[A-Za-z0-9_.\-+~/]+)(?P<sep>=|:\s+)(?P<quote>['\"]?)(?P<value>[^\s,'\"\]}]+)")
+_NOT_A_VALUE = (REDACTED, "null", "None", "~", "true", "false", "True", "False")
 _MIN_ENV_SECRET = 8  # shorter env values ("1", "true") are flags, not credentials
 
 
@@ -57,7 +58,7 @@ def redact_text(text: str, secrets: list[str] | None = None) -> str:
     text = _SECRET_TEXT.sub(REDACTED, text)
 
     def assignment(m: re.Match) -> str:
-        if is_secret_key(m.group("key")) and m.group("value") != REDACTED:
+        if is_secret_key(m.group("key")) and m.group("value") not in _NOT_A_VALUE:
             return f"{m.group('key')}{m.group('sep')}{m.group('quote')}{REDACTED}"
         return m.group(0)
 
