@@ -33,6 +33,16 @@ _NO_TASK_FLAGS = (
     "--experimental-rerun",
 )
 _MAX_COMBINATIONS = 64
+# Hydra raises plain ValueError/TypeError for some malformed group overrides (model=1.5,
+# experiment=[1,2]); found by the property test in tests/test_reliability_inputs.py.
+_COMPOSE_ERRORS = (HydraException, OmegaConfBaseException, ValueError, TypeError)
+
+
+def _compose_error(err: BaseException, overrides: list[str]) -> str:
+    if isinstance(err, (HydraException, OmegaConfBaseException)):
+        return one_line(err)
+    head = (str(err).splitlines() or [type(err).__name__])[0]
+    return f"{head} (in overrides: {' '.join(overrides)})"
 
 
 def _hydra_args(argv: list[str]) -> list[str]:
@@ -159,15 +169,15 @@ def precheck(argv: list[str], conf_dir: Path) -> str | None:
         extra = _config_sweep_axes(combos[0], _hydra_args(argv), _multirun, conf_dir) if combos else []
         if extra:
             combos = _expand([*overrides, *extra])
-    except (HydraException, OmegaConfBaseException) as err:
-        return one_line(err)
+    except _COMPOSE_ERRORS as err:
+        return _compose_error(err, overrides)
     for combo in combos:
         GlobalHydra.instance().clear()
         try:
             with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
                 cfg = compose(config_name="config", overrides=combo)
-        except (HydraException, OmegaConfBaseException) as err:
-            return one_line(err)
+        except _COMPOSE_ERRORS as err:
+            return _compose_error(err, combo)
         finally:
             GlobalHydra.instance().clear()
         with open_dict(cfg):
