@@ -23,7 +23,9 @@ register_configs()
 
 
 def _fail(message: str) -> None:
-    print(f"infopt: error: {message}", file=sys.stderr)
+    from infopt.secrets import redact_text
+
+    print(f"infopt: error: {redact_text(message)}", file=sys.stderr)
     sys.exit(EXIT_USER_ERROR)
 
 
@@ -32,11 +34,14 @@ def _job_info():
     from hydra.types import RunMode
 
     from infopt.experiment import JobInfo
+    from infopt.secrets import redact, redact_hydra_outputs, redact_text
 
     hc = HydraConfig.get()
     multirun = hc.mode == RunMode.MULTIRUN
-    overrides = list(hc.overrides.task)
-    name = hc.job.override_dirname or None
+    # Hydra saved .hydra/*.yaml (and multirun.yaml) before the job started: redact them now.
+    redact_hydra_outputs(Path(hc.runtime.output_dir), hc.output_subdir, Path(hc.sweep.dir) if multirun else None)
+    overrides = redact(list(hc.overrides.task))
+    name = redact_text(hc.job.override_dirname) or None
     return JobInfo(
         name=name,
         group=Path(hc.sweep.dir).name if multirun else None,
@@ -47,9 +52,12 @@ def _job_info():
 
 def _task(cfg: DictConfig) -> float | None:
     from infopt.experiment import run_experiment
+    from infopt.faults import at_job_start
 
+    job = _job_info()
+    at_job_start(job.job_num)
     try:
-        record = run_experiment(cfg, _job_info())
+        record = run_experiment(cfg, job)
     except InfoptError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -65,6 +73,9 @@ def main() -> None:
             f"config directory {CONF_DIR} not found; run infopt from its repository (pip install -e .)"
         )
     from infopt.config.precheck import precheck
+    from infopt.secrets import install_log_redaction
+
+    install_log_redaction()  # every log line, W&B's and Hydra's job log included
 
     message = precheck(sys.argv[1:], CONF_DIR)
     if message:

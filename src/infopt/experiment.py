@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from infopt.config.schema import InfoptConfig
 from infopt.config.validate import validate_config
-from infopt.io import atomic_write_json, read_json
+from infopt.io import atomic_write_json, read_checked_json, write_checked_json
 from infopt.results import SCHEMA_VERSION, compute_ratios, environment, flatten, redact, stable_hash
 
 log = logging.getLogger(__name__)
@@ -138,8 +138,8 @@ def run_experiment(cfg: DictConfig, job: JobInfo | None = None) -> dict[str, Any
         done = completed_record(output_dir, config_hash)
         if done is not None:  # a rerun sweep: this job already finished with this exact config
             return done
-    run_name = obj.run_name or job.name or f"{obj.model.name}-{obj.technique.name}"
-    tags = [f"model:{obj.model.name}", f"technique:{obj.technique.name}", *obj.logger.tags]
+    run_name = redact(obj.run_name or job.name or f"{obj.model.name}-{obj.technique.name}")
+    tags = redact([f"model:{obj.model.name}", f"technique:{obj.technique.name}", *obj.logger.tags])
     method = getattr(obj.technique, "method", None)
     if method:
         tags.append(f"method:{method}")
@@ -162,14 +162,14 @@ def run_experiment(cfg: DictConfig, job: JobInfo | None = None) -> dict[str, Any
         key = baseline_key(obj, device_info.get("gpu", device_info["cpu"]))
         cache_file = cache_dir / "baselines" / f"{key}.json"
         if not obj.skip_baseline:
-            cached = read_json(cache_file) if obj.use_baseline_cache else None
+            cached = read_checked_json(cache_file) if obj.use_baseline_cache else None
             if cached and cached.get("key") == key and "eval" in cached.get("measurement", {}):
                 baseline, baseline_cached = cached["measurement"], True
                 log.info("baseline: cached (%s)", cache_file)
             else:
                 log.info("baseline: measuring")
                 baseline = measurer(model)
-                atomic_write_json(cache_file, {"key": key, "model": obj.model.name, "measurement": baseline})
+                write_checked_json(cache_file, {"key": key, "model": obj.model.name, "measurement": baseline})
 
         # 4. Technique.
         ctx = RunContext(cfg=obj, tokenizer=tokenizer, data=data, output_dir=output_dir, cache_dir=cache_dir,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -37,6 +38,65 @@ def read_json(path: Path | str) -> Any | None:
         return json.loads(Path(path).read_text())
     except (FileNotFoundError, json.JSONDecodeError, UnicodeDecodeError):
         return None
+
+
+CHECKSUM_KEY = "sha256"
+
+
+def _digest(data: Any) -> str:
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def write_checked_json(path: Path | str, data: dict[str, Any]) -> None:
+    """A cache entry with the sha256 of its own content, written atomically."""
+    atomic_write_json(path, {**data, CHECKSUM_KEY: _digest(data)})
+
+
+def read_checked_json(path: Path | str) -> dict[str, Any] | None:
+    """The entry without its checksum, or None when missing, not JSON, or altered since written."""
+    data = read_json(path)
+    if not isinstance(data, dict) or CHECKSUM_KEY not in data:
+        return None
+    body = {k: v for k, v in data.items() if k != CHECKSUM_KEY}
+    return body if data[CHECKSUM_KEY] == _digest(body) else None
+
+
+def file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+MANIFEST = "infopt_manifest.json"
+
+
+def write_manifest(directory: Path, extra: dict[str, Any] | None = None) -> None:
+    """Record size and sha256 of every file in ``directory`` (call last, inside ``atomic_dir``)."""
+    directory = Path(directory)
+    files = {
+        str(p.relative_to(directory)): {"bytes": p.stat().st_size, "sha256": file_digest(p)}
+        for p in sorted(directory.rglob("*"))
+        if p.is_file() and p.name != MANIFEST
+    }
+    atomic_write_json(directory / MANIFEST, {**(extra or {}), "files": files})
+
+
+def verify_manifest(directory: Path, *, hashes: bool = True) -> str | None:
+    """None if every file the manifest lists is there with its size (and hash); else what is wrong."""
+    manifest = read_json(Path(directory) / MANIFEST)
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("files"), dict):
+        return "no readable manifest"
+    for name, want in manifest["files"].items():
+        path = Path(directory) / name
+        if not path.is_file():
+            return f"{name} is missing"
+        if path.stat().st_size != want.get("bytes"):
+            return f"{name} has {path.stat().st_size} bytes, expected {want.get('bytes')}"
+        if hashes and file_digest(path) != want.get("sha256"):
+            return f"{name} does not match its sha256"
+    return None
 
 
 @contextmanager

@@ -11,11 +11,13 @@ import hashlib
 import importlib.metadata
 import json
 import platform
-import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
+
+# Re-exported: secrets are matched by precise patterns (``tokenizer`` is not a token).
+from infopt.secrets import REDACTED, redact  # noqa: F401
 
 SCHEMA_VERSION = 1
 LOWER_IS_BETTER = ("perplexity", "bits_per_byte", "loss", "nll")
@@ -35,36 +37,6 @@ PACKAGES = (
     "accelerate",
     "infopt",
 )
-
-_SECRET_KEY = re.compile(r"(token|secret|password|passwd|api[_-]?key|auth)", re.I)
-_SECRET_VALUE = re.compile(
-    r"^(hf_[A-Za-z0-9]{20,}|sk-[A-Za-z0-9_-]{20,}|[0-9a-f]{40}|ghp_[A-Za-z0-9]{20,}|xox[bap]-[A-Za-z0-9-]{10,})$"
-)
-REDACTED = "***redacted***"
-
-
-def redact(obj: Any) -> Any:
-    """Copy of ``obj`` with secret-looking keys and values replaced (W&B keys, HF tokens, ...)."""
-    if isinstance(obj, dict):
-        out = {}
-        for k, v in obj.items():
-            if (
-                isinstance(k, str)
-                and _SECRET_KEY.search(k)
-                and isinstance(v, str)
-                and v
-                and not k.endswith("_tokens")
-            ):
-                out[k] = REDACTED
-            else:
-                out[k] = redact(v)
-        return out
-    if isinstance(obj, (list, tuple)):
-        return [redact(v) for v in obj]
-    if isinstance(obj, str) and _SECRET_VALUE.match(obj.strip()):
-        return REDACTED
-    return obj
-
 
 def stable_hash(obj: Any, length: int = 16) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()[

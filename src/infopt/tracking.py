@@ -57,19 +57,24 @@ class WandbLogger(RunLogger):
         super().__init__(cfg, output_dir)
         import wandb
 
+        from infopt.secrets import redacted_argv
+
         self._wandb = wandb
-        self.run = wandb.init(
-            project=cfg.project,
-            entity=cfg.entity,
-            mode=cfg.mode,
-            dir=str(output_dir),
-            name=name,
-            group=group,
-            tags=tags,
-            config=config,
-            reinit="finish_previous",
-            settings=wandb.Settings(silent=True, console="off"),
-        )
+        with redacted_argv():  # W&B copies sys.argv into its run metadata
+            self.run = wandb.init(
+                project=cfg.project,
+                entity=cfg.entity,
+                mode=cfg.mode,
+                dir=str(output_dir),
+                name=name,
+                group=group,
+                tags=tags,
+                config=config,
+                reinit="finish_previous",
+                # W&B buffers its offline transaction log (15 s by default); a SIGKILL loses the
+                # buffer. Flushing every second bounds what a kill can lose to the last second.
+                settings=wandb.Settings(silent=True, console="off", x_transaction_log_flush_interval=1.0),
+            )
 
     def log_metrics(self, metrics: dict[str, float], step: int | None = None) -> None:
         self.run.log(metrics, step=step)

@@ -33,6 +33,16 @@ _NO_TASK_FLAGS = (
     "--experimental-rerun",
 )
 _MAX_COMBINATIONS = 64
+# Hydra raises plain ValueError/TypeError for some malformed group overrides (model=1.5,
+# experiment=[1,2]); found by the property test in tests/test_reliability_inputs.py.
+_COMPOSE_ERRORS = (HydraException, OmegaConfBaseException, ValueError, TypeError)
+
+
+def _compose_error(err: BaseException, overrides: list[str]) -> str:
+    if isinstance(err, (HydraException, OmegaConfBaseException)):
+        return one_line(err)
+    head = (str(err).splitlines() or [type(err).__name__])[0]
+    return f"{head} (in overrides: {' '.join(overrides)})"
 
 
 def _hydra_args(argv: list[str]) -> list[str]:
@@ -55,12 +65,16 @@ def _config_sweep_axes(first: list[str], hydra_args: list[str], multirun: bool, 
             cfg = compose(config_name="config", overrides=[*first, *hydra_args], return_hydra_config=True)
     finally:
         GlobalHydra.instance().clear()
+    _FIRST_COMPOSED[tuple(first)] = cfg  # reused for the first combination: one compose, not two
     mode = OmegaConf.select(cfg, "hydra.mode", default=None)
     if not multirun and str(mode) not in ("MULTIRUN", "RunMode.MULTIRUN"):
         return []
     params = OmegaConf.select(cfg, "hydra.sweeper.params", default=None) or {}
     cli_keys = {o.split("=", 1)[0].lstrip("+~") for o in first}
     return [f"{k}={v}" for k, v in params.items() if k not in cli_keys]
+
+
+_FIRST_COMPOSED: dict = {}
 
 
 def _split_argv(argv: list[str]) -> tuple[list[str], bool, bool]:
@@ -154,22 +168,28 @@ def precheck(argv: list[str], conf_dir: Path) -> str | None:
 
     from infopt.config.validate import validate_config
 
+    _FIRST_COMPOSED.clear()
     try:
         combos = _expand(overrides)
         extra = _config_sweep_axes(combos[0], _hydra_args(argv), _multirun, conf_dir) if combos else []
         if extra:
             combos = _expand([*overrides, *extra])
-    except (HydraException, OmegaConfBaseException) as err:
-        return one_line(err)
+    except _COMPOSE_ERRORS as err:
+        return _compose_error(err, overrides)
     for combo in combos:
-        GlobalHydra.instance().clear()
-        try:
-            with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-                cfg = compose(config_name="config", overrides=combo)
-        except (HydraException, OmegaConfBaseException) as err:
-            return one_line(err)
-        finally:
+        cfg = _FIRST_COMPOSED.pop(tuple(combo), None)
+        if cfg is not None:  # composed above with Hydra's own node, which validation does not want
+            with open_dict(cfg):
+                del cfg["hydra"]
+        else:
             GlobalHydra.instance().clear()
+            try:
+                with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+                    cfg = compose(config_name="config", overrides=combo)
+            except _COMPOSE_ERRORS as err:
+                return _compose_error(err, combo)
+            finally:
+                GlobalHydra.instance().clear()
         with open_dict(cfg):
             cfg.paths.output_dir = "<precheck>"  # ${hydra:...} does not resolve outside a run
         try:

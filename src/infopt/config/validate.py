@@ -25,7 +25,14 @@ def validate_config(cfg: DictConfig, *, check_technique: bool = True) -> InfoptC
     obj = to_object(cfg)
     obj.validate()
     if check_technique:
-        from infopt.techniques.registry import build
+        from infopt.techniques.registry import build, config_class
 
+        # technique.name=x set over another technique's group (found by the property test).
+        expected = config_class(obj.technique.name)
+        if not isinstance(obj.technique, expected):
+            raise ConfigError(
+                f"technique.name={obj.technique.name} does not match the selected technique's config "
+                f"({type(obj.technique).__name__}); choose it with technique={obj.technique.name}"
+            )
         build(obj.technique).check(obj)
     return obj

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from infopt.data.corpus import gensim_test_file
-from infopt.io import atomic_dir
+from infopt.io import atomic_dir, verify_manifest, write_manifest
 
 LOCAL_TASKS = ("heldout", "analogy")
 
@@ -90,8 +90,8 @@ def write_tasks(cache_dir: Path, heldout_docs: Sequence[str], analogy_per_sectio
     analogy = analogy_questions(analogy_per_section)
     key = hashlib.sha256(json.dumps([list(heldout_docs), analogy]).encode()).hexdigest()[:16]
     target = cache_dir / "eval_tasks" / key
-    if (target / "analogy.yaml").is_file():
-        return target
+    if (target / "analogy.yaml").is_file() and verify_manifest(target) is None:
+        return target  # else missing, damaged or from before manifests: written again below
     with atomic_dir(target) as tmp:
         with open(tmp / "heldout.jsonl", "w") as f:
             for doc in heldout_docs:
@@ -101,4 +101,5 @@ def write_tasks(cache_dir: Path, heldout_docs: Sequence[str], analogy_per_sectio
                 f.write(json.dumps(q) + "\n")
         (tmp / "heldout.yaml").write_text(_HELDOUT_YAML.format(data=target / "heldout.jsonl"))
         (tmp / "analogy.yaml").write_text(_ANALOGY_YAML.format(data=target / "analogy.jsonl"))
+        write_manifest(tmp)
     return target

@@ -2,7 +2,9 @@
 
 The GGUF is de-quantized to float once (about 20 s) and cached as a plain safetensors checkpoint
 with its tokenizer, so later loads take seconds. The cache is written to a temporary directory
-and renamed, so an interrupted conversion never leaves a half-written model behind.
+and renamed, so an interrupted conversion never leaves a half-written model behind, and each use
+checks every file against the size and sha256 recorded at conversion: a damaged cache is
+converted again, never loaded.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import shutil
 from pathlib import Path
 
 from infopt.errors import ResourceError
-from infopt.io import atomic_dir
+from infopt.io import MANIFEST, atomic_dir, verify_manifest, write_manifest
 
 log = logging.getLogger(__name__)
 
@@ -55,17 +57,44 @@ def check_gguf(path: Path) -> None:
         ) from err
 
 
+def safetensors_intact(path: Path) -> bool:
+    """The file holds its whole header and every tensor the header lists (not truncated)."""
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            header = json.loads(f.read(n))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+        return path.stat().st_size == 8 + n + end
+    except (OSError, ValueError, KeyError, TypeError, IndexError):
+        return False
+
+
 def cached_checkpoint(cache_dir: Path) -> Path:
     """Directory of the float checkpoint, converting the GGUF on first use."""
     target = cache_dir / "models" / CACHE_NAME
     if (target / DONE_MARKER).is_file():
-        return target
+        if not (target / MANIFEST).is_file() and all(map(safetensors_intact, target.glob("*.safetensors"))):
+            write_manifest(target)  # converted before manifests existed: adopt it once it checks out
+        problem = verify_manifest(target)
+        if problem is None:
+            return target
+        log.warning("model cache %s is corrupt (%s); converting again", target, problem)
     if target.exists():
         log.warning("discarding incomplete model cache %s", target)
         shutil.rmtree(target)
     source = gguf_path()
     check_gguf(source)
     log.info("converting %s to float safetensors (once)...", source.name)
+    with atomic_dir(target) as tmp:
+        _convert(source, tmp)
+        # Last: the marker lists every file's size and sha256, checked on each later use.
+        write_manifest(tmp)
+        (tmp / DONE_MARKER).write_text(json.dumps({"source": str(source), "gguf": GGUF_NAME}))
+    return target
+
+
+def _convert(source: Path, out: Path) -> None:
+    """The GGUF de-quantized to a float safetensors checkpoint plus tokenizer in ``out``."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
@@ -78,8 +107,5 @@ def cached_checkpoint(cache_dir: Path) -> Path:
     config.name_or_path = "HuggingFaceTB/SmolLM2-135M-Instruct"
     plain = AutoModelForCausalLM.from_config(config)
     plain.load_state_dict(gguf_model.state_dict())
-    with atomic_dir(target) as tmp:
-        plain.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        (tmp / DONE_MARKER).write_text(json.dumps({"source": str(source), "gguf": GGUF_NAME}))
-    return target
+    plain.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)

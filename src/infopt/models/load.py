@@ -122,23 +122,38 @@ def load_tokenizer(source: str, cache_dir: Path, trust_remote_code: bool = False
 
 def embedded_tokenizer_dir(cache_dir: Path) -> Path:
     """SmolLM2's tokenizer, read from the GGUF once and cached (no model conversion needed)."""
-    from infopt.io import atomic_dir
+    from infopt.io import MANIFEST, atomic_dir, verify_manifest, write_manifest
     from infopt.models.embedded import DONE_MARKER, gguf_path
 
     model_dir = cache_dir / "models"
     for candidate in model_dir.glob("smollm2-*"):
-        if (candidate / "tokenizer.json").is_file() and (candidate / DONE_MARKER).is_file():
+        if (candidate / DONE_MARKER).is_file() and verify_manifest(candidate) is None:
             return candidate
     target = cache_dir / TOKENIZER_CACHE
     if (target / "tokenizer.json").is_file() and (target / "tokenizer_config.json").is_file():
-        return target
+        if not (target / MANIFEST).is_file() and _tokenizer_loads(target):
+            write_manifest(target)  # written before manifests existed: adopt it once it loads
+        if verify_manifest(target) is None:
+            return target
+        log.warning("tokenizer cache %s is damaged; rebuilding it", target)
     from transformers import AutoTokenizer
 
     gguf = gguf_path()
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     with atomic_dir(target) as tmp:
         tok.save_pretrained(tmp)
+        write_manifest(tmp)
     return target
+
+
+def _tokenizer_loads(path: Path) -> bool:
+    from transformers import AutoTokenizer
+
+    try:
+        AutoTokenizer.from_pretrained(str(path))
+    except Exception:
+        return False
+    return True
 
 
 def _torch_dtype(name: str):

@@ -2,21 +2,51 @@
 
 Checkpoints go to ``<run dir>/checkpoints`` (``last.ckpt`` every ``checkpoint_every`` steps); with
 ``resume=true`` a rerun in the same run dir continues from it and ends where an uninterrupted run
-would (same seed, deterministic data order). Checkpoints are loaded with ``weights_only=True``.
+would (same seed, deterministic data order). Checkpoints are loaded with ``weights_only=True``,
+written to a temporary name and renamed (``AtomicCheckpointIO``), and one that does not load is
+set aside (``last.ckpt.corrupt``) and training starts over rather than failing or trusting it.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import tempfile
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from infopt.config.schema import HardwareConfig
+from infopt.faults import step_callback
 from infopt.training.config import TrainConfig
 
 log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """``torch.save`` to a temporary sibling, fsync, rename: a kill never leaves a torn ``last.ckpt``."""
+
+    def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
+        import torch
+
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        try:
+            with os.fdopen(fd, "wb") as f:
+                torch.save(checkpoint, f)
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+
+    def load_checkpoint(self, path, map_location=lambda storage, loc: storage, weights_only=None):
+        # Never unpickle arbitrary objects from a checkpoint, whatever the caller asks.
+        return super().load_checkpoint(path, map_location=map_location, weights_only=True)
 
 
 def build_trainer(
@@ -48,7 +78,8 @@ def build_trainer(
         limit_val_batches=val_batches or train.val_batches,
         num_sanity_val_steps=0,
         logger=logger,
-        callbacks=[ckpt, *(callbacks or [])],
+        callbacks=[ckpt, *(callbacks or []), *filter(None, [step_callback()])],
+        plugins=[AtomicCheckpointIO()],
         enable_progress_bar=False,
         enable_model_summary=False,
         log_every_n_steps=1,
@@ -58,8 +89,24 @@ def build_trainer(
 
 
 def last_checkpoint(run_dir: Path) -> Path | None:
+    """``last.ckpt`` if it loads (``weights_only``); a corrupt one is renamed aside, never trusted."""
+    import torch
+
     path = run_dir / "checkpoints" / "last.ckpt"
-    return path if path.is_file() else None
+    for stale in path.parent.glob(".last.ckpt.*.tmp"):  # a save that a kill interrupted
+        stale.unlink(missing_ok=True)
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        if not isinstance(state, dict) or "state_dict" not in state:
+            raise ValueError("no state_dict")
+    except Exception as err:  # truncated zip, bad pickle opcode, foreign file
+        aside = path.with_name("last.ckpt.corrupt")
+        os.replace(path, aside)
+        log.warning("checkpoint %s does not load (%s); moved to %s, training from the start", path, err, aside.name)
+        return None
+    return path
 
 
 def fit(
