@@ -10,7 +10,6 @@ how many jobs ran and how many were skipped when the multirun ends.
 from __future__ import annotations
 
 import logging
-import time
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -44,28 +43,39 @@ def completed_record(output_dir: Path, config_hash: str) -> dict[str, Any] | Non
     return {**record, "skipped": True}
 
 
-def count_jobs(sweep_dir: Path, since: float) -> tuple[int, int]:
-    """(jobs that wrote results.json, jobs skipped) under ``sweep_dir`` since ``since`` (a time.time())."""
-    ran = sum(1 for p in sweep_dir.rglob("results.json") if p.stat().st_mtime >= since)
-    skipped = sum(1 for p in sweep_dir.rglob(SKIP_MARKER) if p.stat().st_mtime >= since)
-    return ran, skipped
+def _stamps(sweep_dir: Path, name: str) -> dict[Path, int]:
+    return {p: p.stat().st_mtime_ns for p in sweep_dir.rglob(name)} if sweep_dir.is_dir() else {}
+
+
+def count_jobs(sweep_dir: Path, before: dict[str, dict[Path, int]]) -> tuple[int, int]:
+    """(jobs that wrote results.json, jobs skipped) under ``sweep_dir`` since the ``before`` snapshot.
+
+    Compares file stamps with a snapshot taken when the sweep started rather than with a start
+    time, so a job that finished a moment before a rerun began is not counted as run again.
+    """
+
+    def changed(name: str) -> int:
+        old = before.get(name, {})
+        return sum(1 for p, t in _stamps(sweep_dir, name).items() if old.get(p) != t)
+
+    return changed("results.json"), changed(SKIP_MARKER)
 
 
 class SweepSummary(Callback):
     """At the end of a multirun: "N jobs ran, M skipped (results.json already held the same config)"."""
 
     def __init__(self) -> None:
-        self.started = time.time()
+        self.before: dict[str, dict[Path, int]] = {}
 
     def on_multirun_start(self, config, **kwargs: Any) -> None:
-        # File times have coarse resolution on some filesystems: allow a second of slack.
-        self.started = time.time() - 1.0
+        sweep_dir = Path(config.hydra.sweep.dir)
+        self.before = {name: _stamps(sweep_dir, name) for name in ("results.json", SKIP_MARKER)}
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        ran, skipped = count_jobs(sweep_dir, self.started)
+        ran, skipped = count_jobs(sweep_dir, self.before)
         message = (
             f"infopt sweep {sweep_dir}: {ran} job(s) ran, {skipped} skipped "
             "(results.json already held the same config)"
