@@ -446,7 +446,7 @@ class GGUFExport:
     """What was written: the file, the type of every tensor, and how each quantized layer got there."""
 
     path: Path
-    type: str  # the dominant (most bytes) tensor type
+    type: str  # the type of most transformer-block matrices
     tensor_types: dict[str, str] = field(default_factory=dict)
     exact_layers: int = 0  # framework-quantized layers written with their own codes
     requantized_layers: int = 0  # layers rounded by gguf.quants here (floats, or codes that did not fit)
@@ -567,7 +567,9 @@ def export_gguf(
         os.replace(tmp, path)
     finally:
         Path(tmp).unlink(missing_ok=True)
-    result.type = dominant
+    # The type of most transformer-block matrices names the file (llama.cpp's file_type: bytes).
+    block_types = [result.tensor_types[t.name] for t in tensors if t.matrix and t.name.startswith("blk.")]
+    result.type = max(set(block_types), key=block_types.count) if block_types else dominant
     verify_gguf(path)
     return result
 
@@ -586,23 +588,83 @@ def _check_covered(model: nn.Module, tensors: list[Tensor]) -> None:
         )
 
 
+def _read_header(data) -> tuple[int, list[tuple[str, int, int]]]:
+    """(data section start, [(tensor name, offset in data section, bytes)]) of a GGUF file, parsed
+    with ``struct`` (``GGUFReader`` builds a numpy view per vocabulary string: seconds per file)."""
+    import struct
+
+    import gguf
+
+    pos = 0
+
+    def take(fmt: str):
+        nonlocal pos
+        vals = struct.unpack_from("<" + fmt, data, pos)
+        pos += struct.calcsize("<" + fmt)
+        return vals[0] if len(vals) == 1 else vals
+
+    def string() -> str:
+        nonlocal pos
+        n = take("Q")
+        if pos + n > len(data):
+            raise ValueError("a string runs past the end of the file")
+        pos += n
+        return bytes(data[pos - n : pos]).decode("utf-8", errors="replace")
+
+    scalar = {0: "B", 1: "b", 2: "H", 3: "h", 4: "I", 5: "i", 6: "f", 7: "?", 10: "Q", 11: "q", 12: "d"}
+
+    def value(vtype: int):
+        nonlocal pos
+        if vtype == 8:
+            return string()
+        if vtype == 9:
+            etype, count = take("I"), take("Q")
+            if etype in scalar:  # skip the array in one step
+                pos += count * struct.calcsize(scalar[etype])
+                return None
+            return [value(etype) for _ in range(count)]
+        if vtype not in scalar:
+            raise ValueError(f"unknown metadata value type {vtype}")
+        return take(scalar[vtype])
+
+    if bytes(data[:4]) != b"GGUF":
+        raise ValueError("no GGUF magic number at the start")
+    pos = 4
+    version, n_tensors, n_kv = take("I"), take("Q"), take("Q")
+    alignment = 32
+    for _ in range(n_kv):
+        key = string()
+        val = value(take("I"))
+        if key == "general.alignment":
+            alignment = int(val)
+    tensors = []
+    for _ in range(n_tensors):
+        name = string()
+        dims = [take("Q") for _ in range(take("I"))]
+        ttype, offset = take("I"), take("Q")
+        block, size = gguf.GGML_QUANT_SIZES[gguf.GGMLQuantizationType(ttype)]
+        tensors.append((name, offset, int(np.prod(dims)) // block * size))
+    if version not in (2, 3):
+        raise ValueError(f"GGUF version {version} is not 2 or 3")
+    return pos + (-pos) % alignment, tensors
+
+
 def verify_gguf(path: Path | str) -> None:
     """Raise ResourceError if ``path`` is not a complete GGUF file (truncated, corrupt, empty)."""
+    import mmap
+
     path = Path(path)
     if not path.is_file():
         raise ResourceError(f"GGUF file {path} does not exist")
+    size = path.stat().st_size
     try:
-        from gguf import GGUFReader
-
-        reader = GGUFReader(str(path))
-        if not reader.tensors:
+        with open(path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as data:
+            start, tensors = _read_header(data)
+        if not tensors:
             raise ValueError("it holds no tensors")
-        last = max(reader.tensors, key=lambda t: int(t.data_offset))
-        end = int(last.data_offset) + int(last.n_bytes)
-        size = path.stat().st_size
+        name, offset, nbytes = max(tensors, key=lambda t: t[1])
+        end = start + offset + nbytes
         if end > size:
-            raise ValueError(f"it ends at byte {size} before its last tensor {last.name} ends at byte {end}")
-    except ResourceError:
-        raise
-    except Exception as err:  # the reader raises several types on damaged files
+            raise ValueError(f"it ends at byte {size} before its last tensor {name} ends at byte {end}")
+    except Exception as err:  # struct.error, ValueError, mmap of an empty file, ...
         raise ResourceError(f"GGUF file {path} is truncated or corrupt: {err}; export it again") from err
