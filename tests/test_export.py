@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import QUICK, compose_config
+from conftest import QUICK, compose_config
 
 PROMPT = "The capital of France is Paris, and the river that runs through it is"
 
