@@ -320,3 +320,27 @@ def test_measure_llamacpp_reports_speed(tiny_llama, tokenizer, tmp_path):
     )
     assert out["llamacpp_decode_tokens_per_s_b1"] > 0 and out["llamacpp_prefill_ms_b1"] > 0
     assert out["gguf_mb"] == pytest.approx(path.stat().st_size / 2**20)
+
+
+def test_run_with_export_gguf_records_the_artifact(tmp_path):
+    from conftest import run_main
+
+    record = run_main(
+        [
+            "model=tiny_llama",
+            *QUICK,
+            "bench=none",
+            "skip_baseline=true",
+            "technique=quantize",
+            "technique.method=rtn",
+            "technique.bits=4",
+            "technique.group_size=32",
+            "technique.export=gguf",
+        ],
+        tmp_path,
+    )
+    t = record["technique"]
+    assert t["artifacts"]["gguf"] == str(tmp_path / "model.gguf") and (tmp_path / "model.gguf").is_file()
+    # The simulated run's codes come from its packed export: every quantized layer kept, none rounded again.
+    assert t["metrics"]["gguf_exact_layers"] == t["metrics"]["layers_quantized"] == 14
+    assert t["metrics"]["gguf_requantized_layers"] == 0
