@@ -344,3 +344,16 @@ def test_run_with_export_gguf_records_the_artifact(tmp_path):
     # The simulated run's codes come from its packed export: every quantized layer kept, none rounded again.
     assert t["metrics"]["gguf_exact_layers"] == t["metrics"]["layers_quantized"] == 14
     assert t["metrics"]["gguf_requantized_layers"] == 0
+
+
+def test_output_type_sets_embedding_apart(tiny_llama, tokenizer, tmp_path):
+    from infopt.export.gguf import export_gguf
+
+    info = export_gguf(tiny_llama, tokenizer, tmp_path / "m.gguf", qtype="q4_1", output_type="q8_0")
+    assert info.tensor_types["token_embd.weight"] == "q8_0"
+    assert {
+        info.tensor_types[n]
+        for n in info.tensor_types
+        if n.startswith("blk.") and n.split(".")[2] in ("attn_q", "ffn_up")
+    } <= {"q4_1"}
+    assert info.type == "q4_1" and info.requantized_layers == 15  # 14 block matrices + the embedding

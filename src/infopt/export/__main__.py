@@ -53,6 +53,12 @@ def main(argv: list[str] | None = None) -> int:
         "--float-type", default="f16", choices=FLOAT_TYPES, help="gguf type of float matrices under --type auto"
     )
     p.add_argument(
+        "--output-type",
+        default=None,
+        choices=GGUF_TYPES[1:],
+        help="gguf type of token_embd/output.weight (default: as --type)",
+    )
+    p.add_argument(
         "--out", type=Path, default=None, help=f"output file/dir (default: <path>/{GGUF_NAME} or <path>/{CT_DIR})"
     )
     args = p.parse_args(argv)
@@ -67,7 +73,12 @@ def main(argv: list[str] | None = None) -> int:
             from infopt.export.gguf import export_gguf
 
             info = export_gguf(
-                model, tokenizer, args.out or args.path / GGUF_NAME, qtype=args.type, float_type=args.float_type
+                model,
+                tokenizer,
+                args.out or args.path / GGUF_NAME,
+                qtype=args.type,
+                float_type=args.float_type,
+                output_type=args.output_type,
             )
             out, summary = info.path, info.summary()
         else:

@@ -49,6 +49,29 @@ def _quantized(model, method: str, bits: int, group: int, symmetric: bool, data,
     return Quantize._pack(m, qweights, layers).eval(), wall
 
 
+def _same_bytes(a: Path, b: Path) -> dict[str, float]:
+    """Share of tensors, and of tensor bytes, identical in two GGUF files (by tensor name)."""
+    import numpy as np
+    from gguf import GGUFReader
+
+    ta = {t.name: t for t in GGUFReader(str(a)).tensors}
+    tb = {t.name: t for t in GGUFReader(str(b)).tensors}
+    same = [
+        n
+        for n in ta
+        if n in tb
+        and ta[n].tensor_type == tb[n].tensor_type
+        and np.array_equal(np.asarray(ta[n].data), np.asarray(tb[n].data))
+    ]
+    byte_eq = sum(
+        int((np.asarray(ta[n].data).view(np.uint8) == np.asarray(tb[n].data).view(np.uint8)).sum())
+        for n in ta
+        if n in tb and ta[n].tensor_type == tb[n].tensor_type
+    )
+    total = sum(int(t.n_bytes) for t in tb.values())
+    return {"tensors_identical": len(same), "tensors": len(tb), "bytes_identical_fraction": byte_eq / total}
+
+
 def main(argv: list[str] | None = None) -> None:
     import torch
 
@@ -79,8 +102,9 @@ def main(argv: list[str] | None = None) -> None:
     model = load_model(mcfg, resolved, tok, cache).eval()
     data = TextData(DataConfig(name="lee_news"), tok)
     blocks = data.heldout_blocks(512)  # the run's eval/heldout/token_perplexity_w512 windows
-    bench = BenchConfig(prompt_tokens=128, new_tokens=64, batch_sizes=[1], warmup=1, repeats=args.repeats,
-                        probe_hardware=False)
+    bench = BenchConfig(
+        prompt_tokens=128, new_tokens=64, batch_sizes=[1], warmup=1, repeats=args.repeats, probe_hardware=False
+    )
     record: dict = {
         "command": "python -m infopt.export.bench_smollm2 " + " ".join(argv or []),
         "heldout": f"token perplexity, {blocks.shape[0]} windows of 512 tokens of the last 30 Lee documents",
@@ -89,6 +113,10 @@ def main(argv: list[str] | None = None) -> None:
         "torch_threads": torch.get_num_threads(),
         "variants": {},
     }
+
+    if args.out.is_file():  # a partial rerun (--only) adds to the numbers already there
+        record["variants"] = json.loads(args.out.read_text()).get("variants", {})
+        record["reruns"] = record.get("reruns", 0) + 1
 
     def done():
         record["load_after"] = os.getloadavg()
@@ -114,26 +142,40 @@ def main(argv: list[str] | None = None) -> None:
         ("gguf_q8_0", lambda: (model, "q8_0", "q8_0", None)),
         ("rtn_w4g32_sym_q4_0", lambda: (*_quantized(model, "rtn", 4, 32, True, data, 0)[:1], "auto", "q8_0", None)),
         ("rtn_w4g32_asym_q4_1", lambda: (*_quantized(model, "rtn", 4, 32, False, data, 0)[:1], "auto", "q8_0", None)),
-        ("gptq_w4g32_sym_q4_0", lambda: (*_quantized(model, "gptq", 4, 32, True, data, args.gptq_samples)[:1], "auto", "q8_0", None)),
+        (
+            "gptq_w4g32_sym_q4_0",
+            lambda: (*_quantized(model, "gptq", 4, 32, True, data, args.gptq_samples)[:1], "auto", "q8_0", None),
+        ),
         ("package_q4_1", lambda: (None, None, None, gguf_path())),
+        # The float baseline IS the package's Q4_1 file de-quantized: gguf.quants' Q4_1 (min/max per
+        # block) finds the same blocks again; embedding/output at Q8_0 as in that file.
+        ("gguf_q4_1_emb_q8_0", lambda: (model, "q4_1", "f16", "q8_0")),
     ]
     for name, make in variants:
         if not want(name):
             continue
         t = time.perf_counter()
         src, qtype, ftype, path = make()
+        out_type = None
+        if isinstance(path, str):  # (model, type, float type, output type)
+            out_type, path = path, None
         entry: dict = {"engine": "llama.cpp (llama-cpp-python)", "prepare_s": time.perf_counter() - t}
         if path is None:
-            info = export_gguf(src, tok, args.work / f"{name}.gguf", qtype=qtype, float_type=ftype)
+            info = export_gguf(
+                src, tok, args.work / f"{name}.gguf", qtype=qtype, float_type=ftype, output_type=out_type
+            )
             path = info.path
             entry.update(export=info.summary())
             entry["export"].pop("notes", None)
         entry["gguf_mb"] = path.stat().st_size / 2**20
         for th in args.threads:
-            res = measure_llamacpp(path, BenchConfig(**{**bench.__dict__, "threads": th}), data.heldout_stream,
-                                   model.config.vocab_size)
+            res = measure_llamacpp(
+                path, BenchConfig(**{**bench.__dict__, "threads": th}), data.heldout_stream, model.config.vocab_size
+            )
             entry[f"threads{th}"] = {k: v for k, v in res.items() if k.startswith("llamacpp_")}
         entry["token_perplexity_w512_gguf_loader"] = gguf_perplexity(path, blocks)
+        if name == "gguf_q4_1_emb_q8_0":
+            entry["same_bytes_as_package_file"] = _same_bytes(path, gguf_path())
         record["variants"][name] = entry
         log.info("%s: %s", name, json.dumps(entry)[:400])
         done()

