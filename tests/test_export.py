@@ -254,6 +254,14 @@ def test_cli_exports_a_run_dir_and_records_it(tiny_llama, tokenizer, tmp_path):
         (["bench.backend=vllm"], "technique.export=compressed_tensors"),
         (["technique.export=gguf", "technique.export_type=q4_k_m"], "technique.export_type=q4_k_m"),
         (["technique.export=gguf", "technique.export_float_type=q4_0"], "technique.export_float_type"),
+        (
+            ["technique=quantize", "technique.method=gptq", "technique.group_size=32", "technique.export=gguf"],
+            "gptq_act_order=false",
+        ),
+        (
+            ["technique=quantize", "technique.method=rtn", "technique.group_size=16", "technique.export=gguf"],
+            "multiple of 32",
+        ),
     ],
 )
 def test_backend_and_export_combinations_checked_before_load(overrides, needle, tmp_path):

@@ -256,6 +256,9 @@ class InfoptConfig:
     def validate(self) -> None:
         for section in (self.model, self.hardware, self.data, self.eval, self.bench, self.logger, self.technique, self.objective):
             section.validate()
+        from infopt.export.types import check_export
+
+        check_export(self.technique)
         if self.bench.enabled and self.bench.backend != "transformers":
             from infopt.bench.backends import check_backend
 

@@ -142,14 +142,17 @@ def main(argv: list[str] | None = None) -> None:
         ("gguf_q8_0", lambda: (model, "q8_0", "q8_0", None)),
         ("rtn_w4g32_sym_q4_0", lambda: (*_quantized(model, "rtn", 4, 32, True, data, 0)[:1], "auto", "q8_0", None)),
         ("rtn_w4g32_asym_q4_1", lambda: (*_quantized(model, "rtn", 4, 32, False, data, 0)[:1], "auto", "q8_0", None)),
-        (
-            "gptq_w4g32_sym_q4_0",
-            lambda: (*_quantized(model, "gptq", 4, 32, True, data, args.gptq_samples)[:1], "auto", "q8_0", None),
-        ),
         ("package_q4_1", lambda: (None, None, None, gguf_path())),
         # The float baseline IS the package's Q4_1 file de-quantized: gguf.quants' Q4_1 (min/max per
         # block) finds the same blocks again; embedding/output at Q8_0 as in that file.
         ("gguf_q4_1_emb_q8_0", lambda: (model, "q4_1", "f16", "q8_0")),
+        # gguf.quants' own rounding of the float weights (not the framework's codes), for comparison.
+        ("gguf_q4_0_emb_q8_0", lambda: (model, "q4_0", "f16", "q8_0")),
+        ("gguf_q5_0_emb_q8_0", lambda: (model, "q5_0", "f16", "q8_0")),
+        (
+            "gptq_w4g32_sym_q4_0",
+            lambda: (*_quantized(model, "gptq", 4, 32, True, data, args.gptq_samples)[:1], "auto", "q8_0", None),
+        ),
     ]
     for name, make in variants:
         if not want(name):
