@@ -90,6 +90,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--threads", type=int, nargs="+", default=[2, 1])
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--gptq-samples", type=int, default=32)
+    p.add_argument("--no-ppl", action="store_true", help="speed only (a same-session speed comparison)")
     p.add_argument("--only", nargs="*", default=None, help="variant names to run")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
@@ -176,8 +177,9 @@ def main(argv: list[str] | None = None) -> None:
                 path, BenchConfig(**{**bench.__dict__, "threads": th}), data.heldout_stream, model.config.vocab_size
             )
             entry[f"threads{th}"] = {k: v for k, v in res.items() if k.startswith("llamacpp_")}
-        entry["token_perplexity_w512_gguf_loader"] = gguf_perplexity(path, blocks)
-        if name == "gguf_q4_1_emb_q8_0":
+        if not args.no_ppl:
+            entry["token_perplexity_w512_gguf_loader"] = gguf_perplexity(path, blocks)
+        if name == "gguf_q4_1_emb_q8_0" and not args.no_ppl:
             entry["same_bytes_as_package_file"] = _same_bytes(path, gguf_path())
         record["variants"][name] = entry
         log.info("%s: %s", name, json.dumps(entry)[:400])
