@@ -1,6 +1,6 @@
 """One run, in order; each arrow of README's diagram is one call here.
 
-validate -> resolve model -> load -> baseline (cached) -> technique -> measure -> export ->
+validate -> resolve model -> load -> baseline (cached) -> technique -> export -> measure ->
 results.json -> logger -> summary
 """
 
@@ -71,7 +71,8 @@ class Measurer:
         self.cfg, self.tokenizer, self.data, self.cache_dir = cfg, tokenizer, data, cache_dir
         self.notes: list[str] = []
 
-    def __call__(self, model, generate_kwargs: dict[str, Any] | None = None) -> dict[str, dict[str, float]]:
+    def __call__(self, model, generate_kwargs: dict[str, Any] | None = None,
+                 artifact: str | None = None) -> dict[str, dict[str, float]]:
         from infopt.bench.measure import measure
         from infopt.evaluation.runner import evaluate
 
@@ -83,7 +84,10 @@ class Measurer:
             if self.cfg.bench.backend != "transformers":
                 from infopt.bench.backends import measure_backend
 
-                bench, notes = measure_backend(model, self.tokenizer, self.cfg, generate_kwargs or {})
+                # ``artifact``: the run's export (GGUF / directory) that the backend runs.
+                bench, notes, extra_eval = measure_backend(model, self.tokenizer, self.cfg, generate_kwargs or {},
+                                                           data=self.data, artifact=artifact)
+                ev.update(extra_eval)
             else:
                 bench, notes = measure(
                     model, self.cfg.bench, generate_kwargs, prompt_stream=self.data.heldout_stream,
@@ -179,15 +183,7 @@ def run_experiment(cfg: DictConfig, job: JobInfo | None = None) -> dict[str, Any
         technique_s = time.perf_counter() - t
         tokenizer = applied.tokenizer or tokenizer
 
-        # 5. Measure the result the same way (the baseline technique is its own result).
-        if obj.technique.name == "baseline" and baseline is not None:
-            result = baseline
-        elif applied.measured is not None:  # the technique measured this exact model already (pipeline)
-            result = applied.measured
-        else:
-            result = measurer(applied.model, applied.generate_kwargs)
-
-        # 6. Save / export.
+        # 5. Save / export (before measuring: bench.backend=llamacpp/vllm measures the exported model).
         artifacts = dict(applied.artifacts)
         if obj.technique.save_model or obj.technique.export == "hf":
             from infopt.models.save import save_hf
@@ -196,7 +192,20 @@ def run_experiment(cfg: DictConfig, job: JobInfo | None = None) -> dict[str, Any
         if obj.technique.export not in ("none", "hf"):
             from infopt.export import export_model
 
-            artifacts[obj.technique.export] = str(export_model(obj.technique.export, applied.model, tokenizer, output_dir, applied))
+            artifacts[obj.technique.export] = str(export_model(
+                obj.technique.export, applied.model, tokenizer, output_dir, applied,
+                export_type=obj.technique.export_type, float_type=obj.technique.export_float_type,
+            ))
+        engine = obj.bench.enabled and obj.bench.backend != "transformers"
+
+        # 6. Measure the result the same way (the baseline technique is its own result, unless an
+        # engine backend must measure its export).
+        if obj.technique.name == "baseline" and baseline is not None and not engine:
+            result = baseline
+        elif applied.measured is not None and not engine:  # the technique measured this exact model (pipeline)
+            result = applied.measured
+        else:
+            result = measurer(applied.model, applied.generate_kwargs, artifact=artifacts.get(obj.technique.export))
 
         # 7. Record.
         record: dict[str, Any] = {

@@ -193,10 +193,16 @@ class TechniqueConfig:
 
     name: str = MISSING  # the registered technique name
     export: str = "none"  # none | hf (safetensors dir) | gguf | compressed_tensors
+    # gguf: auto (quantized layers keep their own codes) | f32 | f16 | q8_0 | q4_0 | q4_1 | q5_0 | q5_1
+    export_type: str = "auto"
+    export_float_type: str = "f16"  # gguf, export_type=auto: type of float matrices (f32 | f16 | q8_0)
     save_model: bool = False  # save the resulting model in the run dir (export=hf implies it)
 
     def validate(self) -> None:
         choice("technique.export", self.export, ("none", "hf", "gguf", "compressed_tensors"))
+        from infopt.export.types import check_type
+
+        check_type(self.export_type, self.export_float_type, "technique.export_type", "technique.export_float_type")
 
 
 @dataclass
@@ -250,3 +256,10 @@ class InfoptConfig:
     def validate(self) -> None:
         for section in (self.model, self.hardware, self.data, self.eval, self.bench, self.logger, self.technique, self.objective):
             section.validate()
+        from infopt.export.types import check_export
+
+        check_export(self.technique)
+        if self.bench.enabled and self.bench.backend != "transformers":
+            from infopt.bench.backends import check_backend
+
+            check_backend(self)
