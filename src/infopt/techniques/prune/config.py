@@ -31,10 +31,12 @@ EXECUTIONS = ("auto", "masked_dense", "sparse_kernel")
 
 
 def parse_nm(value: str) -> tuple[int, int]:
-    """"2:4" -> (2, 4): at most N non-zeros in every group of M consecutive input weights."""
+    """ "2:4" -> (2, 4): at most N non-zeros in every group of M consecutive input weights."""
     m = re.fullmatch(r"\s*(\d+)\s*:\s*(\d+)\s*", str(value))
     if m is None:
-        raise ConfigError(f"technique.nm={value!r} is not of the form N:M (e.g. 2:4 or 4:8): N non-zeros kept per M weights")
+        raise ConfigError(
+            f"technique.nm={value!r} is not of the form N:M (e.g. 2:4 or 4:8): N non-zeros kept per M weights"
+        )
     n, mm = int(m.group(1)), int(m.group(2))
     if not 0 < n < mm:
         raise ConfigError(f"technique.nm={value!r} needs 0 < N < M (N weights kept of every M), e.g. 2:4 or 4:8")
@@ -87,7 +89,9 @@ class PruneConfig(TechniqueConfig):
     sparsity: float = 0.5  # fraction of weights zeroed in each targeted layer, in [0, 1) (ignored with nm)
     nm: Optional[str] = None  # semi-structured N:M, e.g. "2:4" (at most N non-zeros per M input weights)
     scope: str = "per_layer"  # per_layer | global (one threshold over all targeted layers; magnitude only)
-    include: list[str] = field(default_factory=list)  # regexes of layers to prune (empty = every Linear in the decoder blocks)
+    include: list[str] = field(
+        default_factory=list
+    )  # regexes of layers to prune (empty = every Linear in the decoder blocks)
     ignore: list[str] = field(default_factory=lambda: ["lm_head"])  # regexes of layers left dense
     structured: StructuredSettings = field(default_factory=StructuredSettings)
     execution: str = "auto"  # auto | masked_dense (zeros on dense kernels) | sparse_kernel (2:4 on CUDA)
@@ -126,19 +130,25 @@ class PruneConfig(TechniqueConfig):
         in_range("technique.sparsity", self.sparsity, 0.0, 1.0, hi_open=True)
         pair = self.nm_pair
         if pair is not None and self.scope == "global":
-            raise ConfigError(f"technique.scope=global with technique.nm={self.nm}: N:M is per group of M weights; use scope=per_layer")
+            raise ConfigError(
+                f"technique.scope=global with technique.nm={self.nm}: N:M is per group of M weights; use scope=per_layer"
+            )
         if self.scope == "global" and self.method != "magnitude":
             raise ConfigError(
                 f"technique.scope=global with technique.method={self.method}: its scores compare weights within a layer "
                 "(Wanda: per output row; SparseGPT: per Hessian); use scope=per_layer or method=magnitude"
             )
         if self.execution == "sparse_kernel" and pair != (2, 4):
-            raise ConfigError(f"technique.execution=sparse_kernel needs technique.nm=2:4 (PyTorch's semi-structured kernels); got nm={self.nm}")
+            raise ConfigError(
+                f"technique.execution=sparse_kernel needs technique.nm=2:4 (PyTorch's semi-structured kernels); got nm={self.nm}"
+            )
         for pat in [*self.include, *self.ignore]:
             try:
                 re.compile(pat)
             except re.error as err:
-                raise ConfigError(f"technique.include/ignore pattern {pat!r} is not a valid regular expression ({err})") from None
+                raise ConfigError(
+                    f"technique.include/ignore pattern {pat!r} is not a valid regular expression ({err})"
+                ) from None
         self.structured.validate()
         if self.structured.target != "none" and (pair is not None or self.execution == "sparse_kernel"):
             raise ConfigError(
@@ -153,6 +163,8 @@ class PruneConfig(TechniqueConfig):
         in_range("technique.sparsegpt_damp", self.sparsegpt_damp, 0.0, 1.0, lo_open=True)
         positive("technique.sparsegpt_block_size", self.sparsegpt_block_size)
         if pair is not None and self.sparsegpt_block_size % pair[1]:
-            raise ConfigError(f"technique.sparsegpt_block_size={self.sparsegpt_block_size} must be a multiple of M={pair[1]} (technique.nm={self.nm})")
+            raise ConfigError(
+                f"technique.sparsegpt_block_size={self.sparsegpt_block_size} must be a multiple of M={pair[1]} (technique.nm={self.nm})"
+            )
         if self.recover.enabled:
             self.recover.validate("technique.recover")

@@ -65,7 +65,9 @@ def units_removed(config, s: StructuredSettings) -> int:
             "heads cannot be saved as a plain checkpoint; use target=channels or target=layers"
         )
     total = unit_counts(config)[s.target]
-    what = {"heads": "KV head groups per layer", "channels": "MLP channels per layer", "layers": "decoder layers"}[s.target]
+    what = {"heads": "KV head groups per layer", "channels": "MLP channels per layer", "layers": "decoder layers"}[
+        s.target
+    ]
     n = int(round(s.ratio * total)) if s.ratio is not None else int(s.count or 0)
     given = f"ratio={s.ratio}" if s.ratio is not None else f"count={s.count}"
     if n <= 0:
@@ -120,7 +122,9 @@ def magnitude_importance(layer: nn.Module, config, target: str) -> torch.Tensor:
     return score.sqrt()
 
 
-def calibration_importance(model: nn.Module, tokens: torch.Tensor, batch_size: int, target: str, kind: str) -> list[torch.Tensor]:
+def calibration_importance(
+    model: nn.Module, tokens: torch.Tensor, batch_size: int, target: str, kind: str
+) -> list[torch.Tensor]:
     """Per-layer unit scores from calibration data: 'activation' (output energy) or 'taylor'."""
     layers = decoder_layers(model)
     config = model.config
@@ -311,7 +315,7 @@ def remove_layers(model: nn.Module, drop: list[int]) -> None:
         if hasattr(layer, "layer_idx"):
             layer.layer_idx = new_idx
         for mod in layer.modules():
-            if hasattr(mod, "layer_idx") and isinstance(getattr(mod, "layer_idx"), int):
+            if hasattr(mod, "layer_idx") and isinstance(mod.layer_idx, int):
                 mod.layer_idx = new_idx
     layers_new = nn.ModuleList(kept)
     for name, module in model.named_modules():

@@ -67,12 +67,18 @@ class Prune(Technique):
         if c.structured.target != "none":
             from infopt.techniques.quantize.technique import architecture_config
 
-            arch = architecture_config(cfg.model, Path(cfg.paths.cache_dir) if isinstance(cfg.paths.cache_dir, str) else None)
+            arch = architecture_config(
+                cfg.model, Path(cfg.paths.cache_dir) if isinstance(cfg.paths.cache_dir, str) else None
+            )
             if arch is not None:
                 from infopt.techniques.prune.structured import units_removed
 
                 units_removed(arch, c.structured)
-        if c.recover.enabled and cfg.data.max_docs is not None and cfg.data.max_docs <= cfg.data.heldout_docs + cfg.data.calibration_docs:
+        if (
+            c.recover.enabled
+            and cfg.data.max_docs is not None
+            and cfg.data.max_docs <= cfg.data.heldout_docs + cfg.data.calibration_docs
+        ):
             raise ConfigError(
                 f"technique.recover.enabled=true needs training documents, but data.max_docs={cfg.data.max_docs} leaves none "
                 f"after data.heldout_docs={cfg.data.heldout_docs} and data.calibration_docs={cfg.data.calibration_docs}"
@@ -146,9 +152,15 @@ class Prune(Technique):
 
             bad = {n: get_weight(m).shape[1] for n, m in layers.items() if get_weight(m).shape[1] % nm[1]}
             if bad:
-                raise ConfigError(f"technique.nm={c.nm}: input widths {sorted(set(bad.values()))} are not multiples of M={nm[1]}")
+                raise ConfigError(
+                    f"technique.nm={c.nm}: input widths {sorted(set(bad.values()))} are not multiples of M={nm[1]}"
+                )
         if c.method == "magnitude":
-            masks = U.global_magnitude_masks(layers, c.sparsity) if c.scope == "global" else U.magnitude_masks(layers, c.sparsity, nm)
+            masks = (
+                U.global_magnitude_masks(layers, c.sparsity)
+                if c.scope == "global"
+                else U.magnitude_masks(layers, c.sparsity, nm)
+            )
             for n, m in layers.items():
                 U.apply_mask(m, masks[n])
         else:
@@ -195,11 +207,15 @@ class Prune(Technique):
         if s.importance == "magnitude":
             scores = [S.magnitude_importance(layer, model.config, s.target) for layer in layers]
         else:
-            scores = S.calibration_importance(model, self._calibration(ctx), c.calibration_batch_size, s.target, s.importance)
+            scores = S.calibration_importance(
+                model, self._calibration(ctx), c.calibration_batch_size, s.target, s.importance
+            )
         keeps = [S.keep_units(sc, n_remove) for sc in scores]
         S.remove_units(model, s.target, keeps)
         metrics[f"{s.target}_removed_per_layer"] = float(n_remove)
-        notes.append(f"structured: removed {n_remove} {s.target} per layer by {s.importance} importance; dense kernels on a smaller model")
+        notes.append(
+            f"structured: removed {n_remove} {s.target} per layer by {s.importance} importance; dense kernels on a smaller model"
+        )
 
     def _recover(self, model, masks, ctx, execution):
         from infopt.techniques.prune.recover import recover
@@ -231,7 +247,9 @@ class Prune(Technique):
             if not isinstance(module, torch.nn.Linear) or module.weight.dtype not in (torch.float16, torch.bfloat16):
                 continue
             try:
-                module.weight = torch.nn.Parameter(to_sparse_semi_structured(module.weight.detach()), requires_grad=False)
+                module.weight = torch.nn.Parameter(
+                    to_sparse_semi_structured(module.weight.detach()), requires_grad=False
+                )
                 converted += 1
             except Exception as err:  # shape/dtype constraints of the kernels
                 log.warning("2:4 kernel not used for %s: %s", name, err)

@@ -104,7 +104,7 @@ def sparsegpt_prune(
     block_size: int = 128,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune an (out, in) weight given its (in, in) Hessian; returns (new weight, keep-mask)."""
-    W = w.clone().float()
+    W = w.detach().float().contiguous().clone()  # Conv1D hands a transposed view
     out_f, in_f = W.shape
     H = H.clone().float()
     dead = torch.diag(H) == 0
@@ -124,7 +124,7 @@ def sparsegpt_prune(
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         d = torch.diag(Hinv1)  # (b,)
-        keep1 = torch.ones_like(W1, dtype=torch.bool)
+        keep1 = torch.ones(W1.shape, dtype=torch.bool, device=W1.device)
         if nm is None:
             # Adaptive mask selection over the whole block (OBS saliency w^2 / [H^-1]_jj^2).
             saliency = W1**2 / d.view(1, -1) ** 2
@@ -184,7 +184,7 @@ def prune_sequential(
         else:  # wanda: one set of column norms per layer
             norms: dict[str, ColumnNorms] = {}
 
-            def add(name: str, x: torch.Tensor) -> None:
+            def add(name: str, x: torch.Tensor, norms: dict[str, ColumnNorms] = norms) -> None:
                 if name not in norms:
                     norms[name] = ColumnNorms(x.shape[1], x.device)
                 norms[name].add(x)
@@ -204,7 +204,9 @@ def prune_sequential(
     return masks
 
 
-def magnitude_masks(layers: dict[str, nn.Module], sparsity: float, nm: tuple[int, int] | None) -> dict[str, torch.Tensor]:
+def magnitude_masks(
+    layers: dict[str, nn.Module], sparsity: float, nm: tuple[int, int] | None
+) -> dict[str, torch.Tensor]:
     return {n: mask_from_scores(get_weight(m).detach().abs().float(), sparsity, nm) for n, m in layers.items()}
 
 
