@@ -490,3 +490,24 @@ def test_two_four_runs_on_semi_structured_kernels_on_cuda(tokenizer, run_context
     assert applied.execution == "sparse_kernel", applied.notes
     tokens = ctx.data.heldout_blocks(32)[:1].cuda()
     assert torch.isfinite(_logits(applied.model, tokens)).all()
+
+
+@pytest.mark.parametrize("target", ["channels", "heads"])
+def test_activation_importance_matches_a_brute_force_reference(tiny_llama, run_context, target):
+    """Each unit's score is the energy of its own contribution to the block output, summed over tokens."""
+    from infopt.techniques.prune import structured as S
+
+    tokens = run_context().data.calibration_blocks(2, 16)
+    scores = S.calibration_importance(tiny_llama, tokens, 2, target, "activation")
+    layer = tiny_llama.model.layers[1]
+    u = S.layer_units(layer, tiny_llama.config, target)
+    seen = []
+    h = u.consumer.register_forward_pre_hook(lambda m, a: seen.append(a[0].reshape(-1, a[0].shape[-1])))
+    _logits(tiny_llama, tokens)
+    h.remove()
+    x, w = torch.cat(seen), _w(u.consumer)  # (N, units * width), (hidden, units * width)
+    ref = []
+    for k in range(w.shape[1] // u.width):
+        cols = slice(k * u.width, (k + 1) * u.width)
+        ref.append(float((x[:, cols] @ w[:, cols].t()).pow(2).sum()))  # this unit alone
+    assert torch.allclose(scores[1], torch.tensor(ref), rtol=1e-4)

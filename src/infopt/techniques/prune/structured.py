@@ -136,12 +136,14 @@ def calibration_importance(
         def make(i: int, u: Unit):
             w = get_weight(u.consumer).detach().float()  # (hidden, units * width)
             n_units = w.shape[1] // u.width
-            w_units = w.reshape(w.shape[0], n_units, u.width).permute(1, 2, 0)  # (units, width, hidden)
+            w_units = w.reshape(w.shape[0], n_units, u.width)  # (hidden, units, width)
+            # ||x_u W_u^T||^2 = x_u (W_u^T W_u) x_u^T: a (width, width) Gram matrix per unit, so the
+            # (tokens, units, hidden) contributions are never materialised.
+            gram = torch.einsum("hua,hub->uab", w_units, w_units)  # (units, width, width)
 
             def hook(_mod, args):
                 x = args[0].detach().float().reshape(-1, n_units, u.width)  # (N, units, width)
-                contrib = torch.einsum("nuw,uwh->nuh", x, w_units)  # (N, units, hidden)
-                e = contrib.pow(2).sum((0, 2))
+                e = (torch.einsum("nua,uab->nub", x, gram) * x).sum((0, 2))  # (units,)
                 energy[i] = e if energy[i] is None else energy[i] + e
 
             return hook
