@@ -425,7 +425,8 @@ def test_recovery_records_before_and_after_measurements(tiny_gpt2, run_context):
         enabled=True, max_steps=2, warmup_steps=1, val_every=2, checkpoint_every=0, seq_len=32, resume=False
     )
     applied = _prune(tiny_gpt2, ctx, method="wanda", sparsity=0.5, recover=recover)
-    assert [s["name"] for s in applied.stages] == ["pruned", "recovered"]
+    assert [s["name"] for s in applied.stages] == ["prune", "recover"]
+    assert applied.stages[0]["result"]["eval"]["heldout/loss"] == 1.0  # measured before recovery
     assert applied.measured == applied.stages[1]["result"] and len(calls) == 2
 
 
@@ -511,3 +512,25 @@ def test_activation_importance_matches_a_brute_force_reference(tiny_llama, run_c
         cols = slice(k * u.width, (k + 1) * u.width)
         ref.append(float((x[:, cols] @ w[:, cols].t()).pow(2).sum()))  # this unit alone
     assert torch.allclose(scores[1], torch.tensor(ref), rtol=1e-4)
+
+
+def test_run_with_recovery_records_both_stages(tmp_path):
+    record = run_main(
+        [
+            "model=tiny_llama",
+            *QUICK,
+            "technique=prune",
+            "technique.method=magnitude",
+            "technique.recover.enabled=true",
+            "technique.recover.max_steps=3",
+            "technique.recover.warmup_steps=1",
+            "technique.recover.val_every=3",
+            "technique.recover.checkpoint_every=0",
+            "technique.recover.seq_len=32",
+        ],
+        tmp_path,
+    )
+    stages = record["stages"]
+    assert [s["name"] for s in stages] == ["prune", "recover"]
+    assert stages[1]["result"] == record["result"]  # the recovered model is what the run measured
+    assert record["technique"]["metrics"]["sparsity_after_recovery"] == pytest.approx(0.5)

@@ -111,8 +111,8 @@ class Prune(Technique):
         measured = None
         if c.recover.enabled:
             before = ctx.measure(model, {}) if ctx.measure is not None else None
-            if before is not None:
-                stages.append({"name": "pruned", "result": before})
+            prune_metrics = dict(metrics)
+            t1 = time.perf_counter()
             model, rec_metrics, rec_notes = self._recover(model, masks, ctx, execution)
             metrics.update(rec_metrics)
             notes.extend(rec_notes)
@@ -120,13 +120,47 @@ class Prune(Technique):
                 metrics["sparsity_after_recovery"] = self._achieved(model, masks)
             if ctx.measure is not None:
                 measured = ctx.measure(model, {})
-                stages.append({"name": "recovered", "result": measured})
+                stages = [
+                    self._stage(
+                        1,
+                        "prune",
+                        execution,
+                        metrics["prune_wall_s"],
+                        prune_metrics,
+                        before,
+                        ctx.baseline,
+                        ctx.baseline,
+                    ),
+                    self._stage(
+                        2, "recover", execution, time.perf_counter() - t1, rec_metrics, measured, ctx.baseline, before
+                    ),
+                ]
         if execution == "sparse_kernel":
             model = self._to_sparse_kernels(model, masks, notes)
             measured = None  # the run measures the model that runs on the sparse kernels
             if not any("semi-structured" in n for n in notes):
                 execution = "masked_dense"
         return Applied(model=model, execution=execution, metrics=metrics, notes=notes, stages=stages, measured=measured)
+
+    def _stage(self, step, name, execution, wall_s, metrics, result, baseline, previous) -> dict[str, Any]:
+        """A record shaped like a pipeline stage's (the run's stage table reads these keys)."""
+        from infopt.results import compute_ratios
+
+        return {
+            "step": step,
+            "index": step - 1,
+            "name": name,
+            "method": self.config.method if name == "prune" and self.config.structured.target == "none" else None,
+            "execution": execution,
+            "wall_s": wall_s,
+            "metrics": dict(metrics),
+            "notes": [],
+            "result": result,
+            "ratios": {
+                "cumulative": compute_ratios(baseline, result) if baseline and result else {},
+                "stage": compute_ratios(previous, result) if previous and result else {},
+            },
+        }
 
     def _achieved(self, model: nn.Module, masks: dict[str, torch.Tensor]) -> float:
         from infopt.techniques.quantize.core import get_weight
