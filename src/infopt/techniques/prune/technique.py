@@ -95,7 +95,7 @@ class Prune(Technique):
         metrics: dict[str, float] = {}
         notes: list[str] = []
         params_before = count_params(model)
-        t0 = time.perf_counter()
+        t0, cpu0 = time.perf_counter(), time.process_time()
         with torch.no_grad():
             if c.structured.target == "none":
                 masks, execution = self._unstructured(model, ctx, metrics, notes)
@@ -103,6 +103,8 @@ class Prune(Technique):
                 self._structured(model, ctx, metrics, notes)
                 masks, execution = {}, "dense"
         metrics["prune_wall_s"] = time.perf_counter() - t0
+        # CPU seconds of this process (all threads): less sensitive than wall time to other jobs' load.
+        metrics["prune_cpu_s"] = time.process_time() - cpu0
         metrics["params_before"] = float(params_before)
         metrics["params_after"] = float(count_params(model))
         metrics["params_ratio"] = metrics["params_after"] / max(params_before, 1)
