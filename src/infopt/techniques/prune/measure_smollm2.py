@@ -112,13 +112,13 @@ def main() -> None:
 
     prompt = data.heldout_blocks(32)[:1]  # (1, 32)
     times: dict[str, list[float]] = {n: [] for n in kept}
-    for m in kept.values():  # warm-up
+    for m in kept.values() if args.rounds else []:  # warm-up
         decode_time(m, prompt, 4)
     for _ in range(args.rounds):
         for n, m in kept.items():
             times[n].append(decode_time(m, prompt, args.new_tokens))
     dense_b = out["variants"]["dense"]["weight_mb_per_token"]
-    for n in kept:
+    for n in kept if args.rounds else []:
         ratios = [d / v for d, v in zip(times["dense"], times[n], strict=True)]
         out["variants"][n].update(
             decode_tokens_per_s=args.new_tokens / statistics.median(times[n]),

@@ -19,6 +19,8 @@ outputs of the already-pruned blocks before it.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import torch
 from torch import nn
 
@@ -115,7 +117,26 @@ def sparsegpt_prune(
     L = torch.linalg.cholesky(H)
     Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
     mask = torch.ones_like(W, dtype=torch.bool)
+    with single_thread():
+        _sparsegpt_sweep(W, Hinv, mask, sparsity, nm, block_size)
+    W[~mask] = 0  # exact zeros where pruned (the updates above never touch a column already done)
+    return W.to(w.dtype), mask
 
+
+@contextmanager
+def single_thread():
+    """The column sweep is thousands of tiny ops: with 2 threads on a loaded 2-core machine each op
+    waits for the other thread (measured here: 9.4 s vs 0.3 s for one 1536 x 576 layer)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(n)
+
+
+def _sparsegpt_sweep(W, Hinv, mask, sparsity, nm, block_size) -> None:
+    out_f, in_f = W.shape
     for i1 in range(0, in_f, block_size):
         i2 = min(i1 + block_size, in_f)
         count = i2 - i1
@@ -147,8 +168,6 @@ def sparsegpt_prune(
         W[:, i1:i2] = Q1
         mask[:, i1:i2] = keep1
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-    W[~mask] = 0  # exact zeros where pruned (the updates above never touch a column already done)
-    return W.to(w.dtype), mask
 
 
 @torch.no_grad()
