@@ -1,0 +1,1 @@
+"""Pruning: unstructured (magnitude, Wanda, SparseGPT), N:M, structured (heads, channels, layers)."""

@@ -1,0 +1,305 @@
+"""``technique=prune``: weights or whole units removed from the model under study.
+
+Unstructured / N:M (``structured.target=none``): masks from magnitude, Wanda or SparseGPT; the
+zeros stay in dense matrices (``masked_dense``: no speedup is expected on dense kernels, and the
+stored size does not shrink), except 2:4 on CUDA where PyTorch's semi-structured sparse kernels
+are used when present (``sparse_kernel``; not verified on a GPU in this project).
+Structured (heads / channels / layers): a smaller dense model with an updated config.
+Then, optionally, recovery fine-tuning (``technique.recover.enabled``) that keeps the masks.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from infopt.errors import ConfigError
+from infopt.techniques.base import Applied, Technique
+from infopt.techniques.prune.config import PruneConfig
+
+if TYPE_CHECKING:
+    import torch
+    from torch import nn
+
+    from infopt.config.schema import InfoptConfig
+    from infopt.context import RunContext
+
+log = logging.getLogger(__name__)
+
+MASKED_DENSE_NOTE = (
+    "masked_dense: pruned weights are zeros inside dense matrices on dense kernels; no speedup is expected "
+    "and the stored size is that of the dense model"
+)
+
+
+def target_layers(model: nn.Module, c: PruneConfig) -> dict[str, nn.Module]:
+    """Linear/Conv1D layers inside the decoder blocks selected by include/ignore, by full name."""
+    from infopt.techniques.quantize.core import is_linear
+    from infopt.techniques.quantize.layerwise import decoder_layers
+
+    blocks = decoder_layers(model)
+    prefix = next(n for n, m in model.named_modules() if m is blocks)
+    out = {}
+    for name, module in model.named_modules():
+        if name.startswith(prefix + ".") and is_linear(module) and c.targets(name):
+            out[name] = module
+    return out
+
+
+def layer_sparsity(model: nn.Module, names: list[str]) -> dict[str, float]:
+    from infopt.techniques.quantize.core import get_weight
+
+    return {n: float((get_weight(model.get_submodule(n)) == 0).float().mean()) for n in names}
+
+
+class Prune(Technique):
+    """Magnitude / Wanda / SparseGPT (unstructured, N:M) and structured pruning; see ``PruneConfig``."""
+
+    config_class = PruneConfig
+    needs_data = True
+    needs_float_weights = True
+    config: PruneConfig
+
+    def check(self, cfg: InfoptConfig) -> None:
+        c = self.config
+        if c.structured.target != "none":
+            from infopt.techniques.quantize.technique import architecture_config
+
+            arch = architecture_config(
+                cfg.model, Path(cfg.paths.cache_dir) if isinstance(cfg.paths.cache_dir, str) else None
+            )
+            if arch is not None:
+                from infopt.techniques.prune.structured import units_removed
+
+                units_removed(arch, c.structured)
+        if (
+            c.recover.enabled
+            and cfg.data.max_docs is not None
+            and cfg.data.max_docs <= cfg.data.heldout_docs + cfg.data.calibration_docs
+        ):
+            raise ConfigError(
+                f"technique.recover.enabled=true needs training documents, but data.max_docs={cfg.data.max_docs} leaves none "
+                f"after data.heldout_docs={cfg.data.heldout_docs} and data.calibration_docs={cfg.data.calibration_docs}"
+            )
+
+    # --- apply ----------------------------------------------------------------------------------
+
+    def apply(self, model: nn.Module, ctx: RunContext) -> Applied:
+        import torch
+
+        from infopt.techniques.prune.structured import count_params
+
+        c = self.config
+        metrics: dict[str, float] = {}
+        notes: list[str] = []
+        params_before = count_params(model)
+        t0, cpu0 = time.perf_counter(), time.process_time()
+        with torch.no_grad():
+            if c.structured.target == "none":
+                masks, execution = self._unstructured(model, ctx, metrics, notes)
+            else:
+                self._structured(model, ctx, metrics, notes)
+                masks, execution = {}, "dense"
+        metrics["prune_wall_s"] = time.perf_counter() - t0
+        # CPU seconds of this process (all threads): less sensitive than wall time to other jobs' load.
+        metrics["prune_cpu_s"] = time.process_time() - cpu0
+        metrics["params_before"] = float(params_before)
+        metrics["params_after"] = float(count_params(model))
+        metrics["params_ratio"] = metrics["params_after"] / max(params_before, 1)
+
+        stages: list[dict[str, Any]] = []
+        measured = None
+        if c.recover.enabled:
+            before = ctx.measure(model, {}) if ctx.measure is not None else None
+            prune_metrics = dict(metrics)
+            t1 = time.perf_counter()
+            model, rec_metrics, rec_notes = self._recover(model, masks, ctx, execution)
+            metrics.update(rec_metrics)
+            notes.extend(rec_notes)
+            if masks:
+                metrics["sparsity_after_recovery"] = self._achieved(model, masks)
+            if ctx.measure is not None:
+                measured = ctx.measure(model, {})
+                stages = [
+                    self._stage(
+                        1,
+                        "prune",
+                        execution,
+                        metrics["prune_wall_s"],
+                        prune_metrics,
+                        before,
+                        ctx.baseline,
+                        ctx.baseline,
+                    ),
+                    self._stage(
+                        2, "recover", execution, time.perf_counter() - t1, rec_metrics, measured, ctx.baseline, before
+                    ),
+                ]
+        if execution == "sparse_kernel":
+            model = self._to_sparse_kernels(model, masks, notes)
+            measured = None  # the run measures the model that runs on the sparse kernels
+            if not any("semi-structured" in n for n in notes):
+                execution = "masked_dense"
+        return Applied(model=model, execution=execution, metrics=metrics, notes=notes, stages=stages, measured=measured)
+
+    def _stage(self, step, name, execution, wall_s, metrics, result, baseline, previous) -> dict[str, Any]:
+        """A record shaped like a pipeline stage's (the run's stage table reads these keys)."""
+        from infopt.results import compute_ratios
+
+        return {
+            "step": step,
+            "index": step - 1,
+            "name": name,
+            "method": self.config.method if name == "prune" and self.config.structured.target == "none" else None,
+            "execution": execution,
+            "wall_s": wall_s,
+            "metrics": dict(metrics),
+            "notes": [],
+            "result": result,
+            "ratios": {
+                "cumulative": compute_ratios(baseline, result) if baseline and result else {},
+                "stage": compute_ratios(previous, result) if previous and result else {},
+            },
+        }
+
+    def _achieved(self, model: nn.Module, masks: dict[str, torch.Tensor]) -> float:
+        from infopt.techniques.quantize.core import get_weight
+
+        zeros = sum(int((get_weight(model.get_submodule(n)) == 0).sum()) for n in masks)
+        total = sum(m.numel() for m in masks.values())
+        return zeros / max(total, 1)
+
+    def _calibration(self, ctx: RunContext) -> torch.Tensor:
+        c = self.config
+        return ctx.data.calibration_blocks(c.calibration_samples, c.calibration_seq_len)  # (count, seq_len)
+
+    def _unstructured(self, model, ctx, metrics, notes) -> tuple[dict[str, torch.Tensor], str]:
+        from infopt.techniques.prune import unstructured as U
+
+        c = self.config
+        layers = target_layers(model, c)
+        if not layers:
+            raise ConfigError(f"technique.include={list(c.include)} / ignore={list(c.ignore)} leave no layer to prune")
+        nm = c.nm_pair
+        if nm is not None:
+            from infopt.techniques.quantize.core import get_weight
+
+            bad = {n: get_weight(m).shape[1] for n, m in layers.items() if get_weight(m).shape[1] % nm[1]}
+            if bad:
+                raise ConfigError(
+                    f"technique.nm={c.nm}: input widths {sorted(set(bad.values()))} are not multiples of M={nm[1]}"
+                )
+        if c.method == "magnitude":
+            masks = (
+                U.global_magnitude_masks(layers, c.sparsity)
+                if c.scope == "global"
+                else U.magnitude_masks(layers, c.sparsity, nm)
+            )
+            for n, m in layers.items():
+                U.apply_mask(m, masks[n])
+        else:
+            from infopt.techniques.quantize.layerwise import LayerwiseRunner
+
+            runner = LayerwiseRunner(model, self._calibration(ctx), c.calibration_batch_size)
+            masks = U.prune_sequential(
+                runner, layers, c.method, c.sparsity, nm, c.sparsegpt_damp, c.sparsegpt_block_size, log.info
+            )
+            del runner
+        metrics["layers_pruned"] = float(len(masks))
+        metrics["sparsity_target"] = c.target_sparsity
+        metrics["sparsity"] = U.mask_sparsity(masks)  # of the targeted layers
+        per_layer = layer_sparsity(model, list(masks))
+        metrics["sparsity_min_layer"] = min(per_layer.values())
+        metrics["sparsity_max_layer"] = max(per_layer.values())
+        execution = "masked_dense"
+        if nm == (2, 4) and c.execution in ("auto", "sparse_kernel") and ctx.device.type == "cuda":
+            execution = "sparse_kernel"
+        else:
+            notes.append(MASKED_DENSE_NOTE)
+            if c.execution == "sparse_kernel":
+                notes.append(f"execution=sparse_kernel asked, but the device is {ctx.device.type}: ran masked dense")
+        return masks, execution
+
+    def _structured(self, model, ctx, metrics, notes) -> None:
+        from infopt.techniques.prune import structured as S
+
+        c = self.config
+        s = c.structured
+        n_remove = S.units_removed(model.config, s)
+        if s.target == "layers":
+            bi = S.block_influence(model, self._calibration(ctx), c.calibration_batch_size)
+            drop = sorted(int(i) for i in torch_topk_smallest(bi, n_remove))
+            S.remove_layers(model, drop)
+            metrics["layers_removed"] = float(len(drop))
+            notes.append(f"removed decoder layers {drop} (lowest ShortGPT block influence)")
+            for i, v in enumerate(bi.tolist()):
+                metrics[f"block_influence/{i}"] = v
+            if getattr(model.config, "scale_attn_by_inverse_layer_idx", False):
+                notes.append("scale_attn_by_inverse_layer_idx is on: renumbered layers scale attention differently")
+            return
+        layers = S.decoder_layers(model)
+        if s.importance == "magnitude":
+            scores = [S.magnitude_importance(layer, model.config, s.target) for layer in layers]
+        else:
+            scores = S.calibration_importance(
+                model, self._calibration(ctx), c.calibration_batch_size, s.target, s.importance
+            )
+        keeps = [S.keep_units(sc, n_remove) for sc in scores]
+        S.remove_units(model, s.target, keeps)
+        metrics[f"{s.target}_removed_per_layer"] = float(n_remove)
+        notes.append(
+            f"structured: removed {n_remove} {s.target} per layer by {s.importance} importance; dense kernels on a smaller model"
+        )
+
+    def _recover(self, model, masks, ctx, execution):
+        from infopt.techniques.prune.recover import recover
+
+        c = self.config
+        seq_len = c.recover.seq_len or ctx.data.cfg.seq_len
+        train = ctx.data.train_blocks(seq_len)
+        val = ctx.data.heldout_blocks(seq_len)
+        if train.shape[0] < c.recover.batch_size:
+            raise ConfigError(
+                f"technique.recover: {train.shape[0]} training blocks of {seq_len} tokens, fewer than batch_size={c.recover.batch_size}"
+            )
+        return recover(model, masks, c.recover, ctx.cfg.hardware, train, val, ctx.subdir("recover"))
+
+    @staticmethod
+    def _to_sparse_kernels(model, masks, notes):
+        """2:4 weights to ``torch.sparse.to_sparse_semi_structured`` (CUDA; unverified in this project)."""
+        import torch
+
+        try:
+            from torch.sparse import to_sparse_semi_structured
+        except ImportError:
+            notes.append("torch.sparse.to_sparse_semi_structured is not available: ran masked dense")
+            notes.append(MASKED_DENSE_NOTE)
+            return model
+        converted = 0
+        for name in masks:
+            module = model.get_submodule(name)
+            if not isinstance(module, torch.nn.Linear) or module.weight.dtype not in (torch.float16, torch.bfloat16):
+                continue
+            try:
+                module.weight = torch.nn.Parameter(
+                    to_sparse_semi_structured(module.weight.detach()), requires_grad=False
+                )
+                converted += 1
+            except Exception as err:  # shape/dtype constraints of the kernels
+                log.warning("2:4 kernel not used for %s: %s", name, err)
+        if converted:
+            notes.append(
+                f"sparse_kernel: {converted}/{len(masks)} layers on PyTorch semi-structured 2:4 kernels (not verified on a GPU in this project)"
+            )
+        else:
+            notes.append("no layer met the 2:4 kernels' constraints (fp16/bf16 nn.Linear): ran masked dense")
+            notes.append(MASKED_DENSE_NOTE)
+        return model
+
+
+def torch_topk_smallest(values, k: int):
+    import torch
+
+    return torch.topk(values, k, largest=False).indices.tolist()
