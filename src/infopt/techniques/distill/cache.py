@@ -76,7 +76,7 @@ def topk_logits(
     teacher: nn.Module, blocks: torch.Tensor, k: int, cache_dir: Path, batch_size: int = 8
 ) -> tuple[dict[str, torch.Tensor], Path, bool]:
     """Teacher top-k logits over ``blocks`` (N, T): {"topk_values" (N, T, k) f32, "topk_indices"
-    (N, T, k) i32, "lse" (N, T) f32}, the file, and whether it was already cached."""
+    (N, T, k) i32, "topk_rest" (N, T) f32: log of the mass outside the top k}, the file, and whether it was already cached."""
     key = f"topk-{teacher_fingerprint(teacher)}-{tokens_fingerprint(blocks)}-k{k}"
     path = Path(cache_dir) / "distill" / f"{key}.safetensors"
     cached = _load(path)
@@ -93,7 +93,7 @@ def topk_logits(
         indices.append(i.to(torch.int32).cpu())
         lses.append(lse.cpu())
     teacher.train(was_training)
-    out = {"topk_values": torch.cat(values), "topk_indices": torch.cat(indices), "lse": torch.cat(lses)}
+    out = {"topk_values": torch.cat(values), "topk_indices": torch.cat(indices), "topk_rest": torch.cat(lses)}
     _save_atomic(out, path, {"kind": "teacher_topk", "k": str(k), "blocks": str(tuple(blocks.shape))})
     return out, path, False
 

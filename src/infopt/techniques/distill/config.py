@@ -29,20 +29,18 @@ class StudentConfig:
     layers: Optional[list[int]] = None  # from_teacher: explicit teacher layer indices (overrides layer_stride)
     mlp_ratio: float = 1.0  # from_teacher: fraction of MLP units kept, the largest by weight norm
     head_ratio: float = 1.0  # from_teacher: fraction of KV-head groups kept (Llama-style only), largest by o_proj norm
-    # init=model: any model config, e.g. {name: s, source: local, name_or_path: DIR}
-    model: Optional[ModelConfig] = None
+    # init=model: the student's model config (same keys as the model group), e.g.
+    # technique.student.model.source=local technique.student.model.name_or_path=DIR
+    model: ModelConfig = field(default_factory=lambda: ModelConfig(name="student"))
 
     def validate(self, key: str = "technique.student") -> None:
         choice(f"{key}.init", self.init, STUDENT_INITS)
         if self.init == "model":
-            if self.model is None:
-                raise ConfigError(
-                    f"{key}.init=model needs {key}.model (a model config, e.g. {{name: s, source: local, name_or_path: DIR}})"
-                )
-            self.model.validate()
+            try:
+                self.model.validate()
+            except ConfigError as err:
+                raise ConfigError(f"{key}.{err}") from None
             return
-        if self.model is not None:
-            raise ConfigError(f"{key}.model is set but {key}.init=from_teacher; set {key}.init=model to use it")
         positive(f"{key}.layer_stride", self.layer_stride)
         if self.layers is not None:
             if not self.layers:

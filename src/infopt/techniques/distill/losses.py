@@ -122,18 +122,20 @@ def cross_entropy(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor
 
 
 def teacher_topk(teacher_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """What the cache stores per position: top-k raw logits (..., k), their vocab ids (..., k), and the
-    full-vocabulary log-normaliser (...,) so that the mass outside the top k is known exactly at T = 1."""
+    """What the cache stores per position: the top-k raw logits (..., k), their vocab ids (..., k), and
+    the log of the summed exp-logits of every other token (...,): the mass outside the top k, exact
+    (computed directly, not as a difference that cancels when the top k hold almost everything)."""
     logits = teacher_logits.float()
     values, indices = logits.topk(k, dim=-1)
-    return values, indices, torch.logsumexp(logits, dim=-1)
+    rest = torch.logsumexp(logits.scatter(-1, indices, float("-inf")), dim=-1)  # -inf when k = V
+    return values, indices, rest
 
 
 def topk_buckets(
     student_logits: torch.Tensor,
     values: torch.Tensor,
     indices: torch.Tensor,
-    lse: torch.Tensor,
+    rest: torch.Tensor,
     temperature: float = 1.0,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Student and teacher log-probabilities over k + 1 buckets: the teacher's top-k tokens and "rest".
@@ -143,7 +145,7 @@ def topk_buckets(
     T = 1 the teacher's buckets are exact; for T != 1 the teacher's tail is taken as spread evenly
     over the remaining tokens (its total mass at T = 1 is exact), which is an approximation.
 
-    student_logits (B, T, V); values, indices (B, T, k); lse (B, T). Returns two (B, T, k + 1).
+    student_logits (B, T, V); values, indices (B, T, k); rest (B, T). Returns two (B, T, k + 1).
     """
     vocab = student_logits.shape[-1]
     k = values.shape[-1]
@@ -154,16 +156,13 @@ def topk_buckets(
     s_rest = torch.logsumexp(s.scatter(-1, indices, float("-inf")), dim=-1, keepdim=True) - s_lse  # (B, T, 1)
     student = torch.cat([s_top, s_rest], dim=-1)
 
-    values = values.float()
-    top_lse = torch.logsumexp(values, dim=-1)  # (B, T) log of the top-k mass x Z
-    # log of the tail's mass (x Z) at T = 1: log(exp(lse) - exp(top_lse)); -inf when k = V.
-    tail = lse.float() + torch.log1p(-torch.exp((top_lse - lse.float()).clamp_max(0.0))).clamp_min(LOG_FLOOR)
     n_tail = vocab - k
-    if n_tail > 0:
-        z_tail = tail - math.log(n_tail)  # the logit each tail token would have if the tail were even
-        t_rest = (math.log(n_tail) + z_tail / temperature).unsqueeze(-1)
+    rest = rest.float().clamp_min(LOG_FLOOR)
+    if n_tail > 0 and temperature != 1.0:
+        # Each tail token given the logit it would have if the tail's mass were spread evenly.
+        t_rest = math.log(n_tail) + (rest - math.log(n_tail)) / temperature
     else:
-        t_rest = torch.full_like(top_lse, LOG_FLOOR).unsqueeze(-1)
-    t_all = torch.cat([values / temperature, t_rest], dim=-1)
+        t_rest = rest if n_tail > 0 else torch.full_like(rest, LOG_FLOOR)
+    t_all = torch.cat([values.float() / temperature, t_rest.unsqueeze(-1)], dim=-1)
     teacher = t_all - torch.logsumexp(t_all, dim=-1, keepdim=True)
     return student, teacher

@@ -90,7 +90,7 @@ class DistillModule(CausalLMModule):
         if kd:
             T = cfg.temperature
             if "topk_values" in batch:
-                s_lp, t_lp = losses.topk_buckets(logits, batch["topk_values"], batch["topk_indices"], batch["lse"], T)
+                s_lp, t_lp = losses.topk_buckets(logits, batch["topk_values"], batch["topk_indices"], batch["topk_rest"], T)
             else:
                 assert t_out is not None
                 s_lp, t_lp = losses.log_probs(logits, T), losses.log_probs(t_out.logits[..., : self.vocab_size], T)
