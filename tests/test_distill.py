@@ -307,12 +307,22 @@ def test_killed_run_resumes_to_the_same_final_metrics(run_context, tokenizer, tm
 
 
 def test_ddp_two_cpu_processes_train_and_log_once(run_context, tiny_llama, tmp_path):
-    applied, ctx = _apply(
-        run_context,
-        ["hardware.devices=2", "hardware.strategy=ddp_spawn", "logger=csv", "technique.train.max_steps=4",
-         "technique.train.val_every=2", "technique.train.batch_size=2", "technique.student.layers=[1]"],
-        tiny_llama,
+    import dataclasses
+
+    from infopt.techniques.distill.technique import Distill
+    from infopt.tracking import CsvLogger
+
+    ctx = run_context(
+        [*TINY_TRAIN, "hardware.devices=2", "hardware.strategy=ddp_spawn", "logger=csv", "technique.train.max_steps=4",
+         "technique.train.val_every=2", "technique.train.batch_size=2", "technique.student.layers=[1]",
+         "technique.data.train_docs=30"]
     )  # fmt: skip
+    ctx = dataclasses.replace(ctx, logger=CsvLogger(ctx.cfg.logger, tmp_path))
+    start = tiny_llama.model.layers[1].mlp.up_proj.weight.clone()
+    applied = Distill(ctx.cfg.technique).apply(tiny_llama, ctx)
+    # The trained weights come back from the worker processes.
+    assert not torch.equal(applied.model.model.layers[0].mlp.up_proj.weight, start)
+    assert math.isfinite(applied.metrics["val_loss"])
     files = list(tmp_path.glob("train/**/metrics.csv"))
     assert len(files) == 1, files  # one logger, from rank zero
     with open(files[0]) as f:

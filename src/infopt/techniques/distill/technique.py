@@ -300,6 +300,8 @@ class Distill(Technique):
 
         cm = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
         devices = max(1, int(getattr(trainer, "world_size", 1)))
+        # Under ddp_spawn the main process gets the weights and metrics back, not the loop counters.
+        steps = trainer.global_step or (cfg.train.max_steps if trainer.state.finished else 0)
         tokens = cfg.train.max_steps * cfg.train.batch_size * cfg.train.accumulate * seq_len * devices
         metrics.update(
             {
@@ -309,7 +311,7 @@ class Distill(Technique):
                 "student_layers": float(getattr(student.config, "num_hidden_layers", 0)),
                 "train_tokens": float(tokens),
                 "train_wall_s": stats.wall_s,
-                "train_steps": float(trainer.global_step),
+                "train_steps": float(steps),
                 "resumed": float(resumed is not None),
             }
         )
