@@ -271,7 +271,6 @@ class _StopAt(L.Callback):
 
 def test_killed_run_resumes_to_the_same_final_metrics(run_context, tokenizer, tmp_path, monkeypatch):
     from conftest import _tiny
-
     from infopt.techniques.distill.technique import Distill
     from infopt.training import trainer as trainer_mod
 
@@ -286,7 +285,9 @@ def test_killed_run_resumes_to_the_same_final_metrics(run_context, tokenizer, tm
         c = dataclasses.replace(ctx, output_dir=out_dir)
         real = trainer_mod.build_trainer
         if stop is not None:
-            monkeypatch.setattr(trainer_mod, "build_trainer", lambda *a, **k: real(*a, **{**k, "callbacks": [*k["callbacks"], stop]}))
+            monkeypatch.setattr(
+                trainer_mod, "build_trainer", lambda *a, **k: real(*a, **{**k, "callbacks": [*k["callbacks"], stop]})
+            )
         try:
             return Distill(c.cfg.technique).apply(_tiny(tokenizer, "llama"), c)
         finally:
@@ -384,7 +385,9 @@ def test_cli_rejects_a_bad_value_in_one_line_with_exit_2():
     assert len(lines) == 1 and "technique.loss.gjs_beta=2" in lines[0], proc.stderr
 
 
-def test_student_with_another_tokenizer_stops_before_its_weights_load(run_context, tiny_llama, tokenizer, tmp_path, monkeypatch):
+def test_student_with_another_tokenizer_stops_before_its_weights_load(
+    run_context, tiny_llama, tokenizer, tmp_path, monkeypatch
+):
     from infopt.models import load as load_mod
     from infopt.techniques.distill.technique import Distill
 

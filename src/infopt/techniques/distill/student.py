@@ -138,11 +138,11 @@ def build_from_teacher(
         m = layer_re.match(name)
         if m is None:
             t_name = name
-            tensor = t_sd[t_name]
+            tensor = _teacher_tensor(t_sd, t_name)
         else:
             j, rest = int(m.group(1)), m.group(2)
             t_name = f"{prefix}{layers[j]}.{rest}"
-            tensor = t_sd[t_name]
+            tensor = _teacher_tensor(t_sd, t_name)
             tensor = _narrow(tensor, rest, arch, mlp_keep.get(j), head_keep.get(j), config)
         if tensor.shape != target.shape:
             raise RuntimeError(f"student {name} {tuple(target.shape)} vs teacher {t_name} {tuple(tensor.shape)}")
@@ -153,6 +153,16 @@ def build_from_teacher(
     if getattr(config, "tie_word_embeddings", False):
         student.tie_weights()
     return student.eval(), source
+
+
+def _teacher_tensor(t_sd: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    t = t_sd.get(name)
+    if t is None or not t.is_floating_point():
+        raise ConfigError(
+            f"technique.student.init=from_teacher: the teacher has no float tensor {name!r} (real low-bit kernels?); "
+            "put distill before that stage, quantize with execution=simulated, or use technique.student.init=model"
+        )
+    return t
 
 
 def _narrow(t: torch.Tensor, rest: str, arch: str, units, heads, config) -> torch.Tensor:

@@ -90,7 +90,9 @@ class DistillModule(CausalLMModule):
         if kd:
             T = cfg.temperature
             if "topk_values" in batch:
-                s_lp, t_lp = losses.topk_buckets(logits, batch["topk_values"], batch["topk_indices"], batch["topk_rest"], T)
+                s_lp, t_lp = losses.topk_buckets(
+                    logits, batch["topk_values"], batch["topk_indices"], batch["topk_rest"], T
+                )
             else:
                 assert t_out is not None
                 s_lp, t_lp = losses.log_probs(logits, T), losses.log_probs(t_out.logits[..., : self.vocab_size], T)
@@ -151,7 +153,10 @@ class Distill(Technique):
     config_class = DistillConfig
     config: DistillConfig
     needs_data = True
-    needs_float_weights = True  # the student is built from (and trained in) float weights
+    # The teacher is only read: distillation never modifies the incoming model's weights, so it may
+    # follow a quantization stage. A from_teacher student needs the teacher's float tensors; a teacher
+    # on real low-bit kernels is rejected by build_from_teacher (use student.init=model then).
+    needs_float_weights = False
 
     def check(self, cfg: InfoptConfig) -> None:
         from infopt.techniques.pipeline import has_training_documents
@@ -270,6 +275,9 @@ class Distill(Technique):
                 f"{train_blocks.shape[0]} training blocks of {seq_len} tokens < technique.train.batch_size={cfg.train.batch_size}"
             )
 
+        # The teacher's loss on exactly the held-out blocks the student's val/loss is computed on.
+        n_val = cfg.train.val_batches * cfg.train.batch_size
+        metrics["teacher_val_loss"] = _mean_lm_loss(teacher, val_blocks[:n_val], cfg.train.batch_size, vocab)
         hidden_pairs = self._hidden_pairs(teacher, student, layers) if cfg.loss.hidden else None
         needs_teacher = cfg.loss.hidden > 0 or (cfg.loss.needs_teacher_logits and extras is None)
         if cfg.train.lora.enabled:
@@ -356,6 +364,16 @@ class Distill(Technique):
         # hidden_states[i + 1] is layer i's output; the student's last entry is after its final norm,
         # so its last layer is matched only when it maps to the teacher's last layer too.
         return [(j + 1, t + 1) for j, t in enumerate(mapping) if j < n_s - 1 or t == n_t - 1]
+
+
+@torch.no_grad()
+def _mean_lm_loss(model: nn.Module, blocks: torch.Tensor, batch_size: int, vocab: int) -> float:
+    device = next(model.parameters()).device
+    values = [
+        losses.cross_entropy(model(input_ids=b.to(device)).logits[..., :vocab], b.to(device)).item()
+        for b in blocks.split(batch_size)
+    ]
+    return sum(values) / max(1, len(values))
 
 
 def _hidden_width(model: nn.Module) -> int:
