@@ -56,7 +56,10 @@ def main() -> int:
     register_configs()
     conf = Path(__file__).resolve().parents[1] / "conf"
     with initialize_config_dir(config_dir=str(conf), version_base="1.3"):
-        cfg = compose(config_name="config", overrides=[f"model={args.model}", "paths.output_dir=/tmp", "paths.cache_dir=" + str(Path.home())])
+        cfg = compose(
+            config_name="config",
+            overrides=[f"model={args.model}", "paths.output_dir=/tmp", "paths.cache_dir=" + str(Path.home())],
+        )
     import os
 
     cache_dir = Path(os.environ.get("INFOPT_CACHE_DIR", Path.home() / ".cache" / "infopt"))
@@ -66,7 +69,9 @@ def main() -> int:
     teacher = load_model(mcfg, resolved, tok, cache_dir)
     data = TextData(to_object(cfg).data, tok)
     blocks = data.train_blocks(args.seq_len)[: args.batch_size * (args.steps + 1)]
-    train = TrainConfig(max_steps=args.steps, batch_size=args.batch_size, lr=3e-4, warmup_steps=2, val_every=10**6, checkpoint_every=0)
+    train = TrainConfig(
+        max_steps=args.steps, batch_size=args.batch_size, lr=3e-4, warmup_steps=2, val_every=10**6, checkpoint_every=0
+    )
     dcfg = DistillConfig(loss=LossConfig(ce=0.0, forward_kl=1.0), train=train)
     layers = chosen_layers(num_layers(teacher), 2, None)
 
@@ -90,7 +95,7 @@ def main() -> int:
             opt.step()
             sched.step()
             ends.append(time.perf_counter())
-        return [b - a for a, b in zip(ends, ends[1:])]
+        return [b - a for a, b in zip(ends, ends[1:], strict=False)]
 
     class Ends(L.Callback):
         def __init__(self) -> None:
@@ -109,7 +114,7 @@ def main() -> int:
         with tempfile.TemporaryDirectory() as tmp:
             trainer = build_trainer(HardwareConfig(name="cpu"), train, Path(tmp), callbacks=[ends])
             trainer.fit(module, datamodule=dm)
-        return [b - a for a, b in zip(ends.ends, ends.ends[1:])]
+        return [b - a for a, b in zip(ends.ends, ends.ends[1:], strict=False)]
 
     per = {"plain": [], "lightning": []}
     for _ in range(args.rounds):
