@@ -121,6 +121,13 @@ def cross_entropy(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor
 # --- cached top-k teacher logits -------------------------------------------------------------------
 
 
+def _log1mexp(x: torch.Tensor) -> torch.Tensor:
+    """log(1 - exp(x)) for x <= 0, accurate on both sides of -ln 2 (Maechler 2012); floored at LOG_FLOOR."""
+    x = x.clamp_max(-1e-7)
+    out = torch.where(x > -math.log(2.0), torch.log(-torch.expm1(x)), torch.log1p(-torch.exp(x)))
+    return out.clamp_min(LOG_FLOOR)
+
+
 def teacher_topk(teacher_logits: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """What the cache stores per position: the top-k raw logits (..., k), their vocab ids (..., k), and
     the log of the summed exp-logits of every other token (...,): the mass outside the top k, exact
@@ -153,7 +160,11 @@ def topk_buckets(
     s = student_logits.float() / temperature
     s_lse = torch.logsumexp(s, dim=-1, keepdim=True)
     s_top = s.gather(-1, indices) - s_lse  # (B, T, k)
-    s_rest = torch.logsumexp(s.scatter(-1, indices, float("-inf")), dim=-1, keepdim=True) - s_lse  # (B, T, 1)
+    # log(1 - sum of the top-k probabilities), without another (B, T, V) pass.
+    if k < vocab:
+        s_rest = _log1mexp(torch.logsumexp(s_top, dim=-1, keepdim=True))  # (B, T, 1)
+    else:
+        s_rest = torch.full_like(s_top[..., :1], LOG_FLOOR)
     student = torch.cat([s_top, s_rest], dim=-1)
 
     n_tail = vocab - k
