@@ -58,7 +58,6 @@ def rows(dirs: list[Path]) -> list[dict[str, Any]]:
             ratios = record.get("ratios", {})
             out.append(
                 {
-                    "run": path.parent.name[-60:],
                     "teacher": teacher,
                     "train docs": (cfg.get("data") or {}).get("train_docs") or "all",
                     "mode": (cfg.get("data") or {}).get("mode", "online"),
