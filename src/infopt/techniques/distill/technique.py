@@ -69,8 +69,10 @@ class DistillModule(CausalLMModule):
             )
 
     def on_fit_start(self) -> None:
-        if self.teacher is not None:  # not registered, so Lightning does not move it
-            self.teacher.module.to(self.device)
+        if self.teacher is not None:  # not registered, so Lightning neither moves nor casts it
+            precision = str(self.trainer.precision)
+            dtype = {"bf16-true": torch.bfloat16, "16-true": torch.float16}.get(precision)
+            self.teacher.module.to(device=self.device, dtype=dtype)  # "-mixed": autocast covers the teacher
 
     def training_loss(self, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         ids = batch["input_ids"]
