@@ -10,7 +10,7 @@ export INFOPT_CACHE_DIR=${INFOPT_CACHE_DIR:-$HOME/.cache/infopt} WANDB_MODE=offl
 PY=${PY:-.venv/bin/python}
 STEPS=${STEPS:-30}
 SET=${SET:-stride}
-COMMON=(experiment=kd_student model=smollm2_135m eval=quick bench=quick 'bench.batch_sizes=[1]' bench.new_tokens=32
+COMMON=(experiment=kd_student hydra.mode=RUN model=smollm2_135m eval=quick bench=quick 'bench.batch_sizes=[1]' bench.new_tokens=32
         bench.prompt_tokens=64 bench.repeats=3 logger=csv hardware.num_threads=2 technique.data.train_docs=60
         technique.train.max_steps=$STEPS technique.train.checkpoint_every=0 technique.train.val_every=$STEPS technique.save_student=true)
 ENDS='technique.student.layers=[0,1,2,3,4,5,6,22,23,24,25,26,27,28,29]'
