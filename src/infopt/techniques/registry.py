@@ -45,7 +45,7 @@ def register(name: str, *, config: str, impl: str | None, family: str) -> None:
 register("baseline", config="infopt.techniques.baseline:BaselineConfig", impl="infopt.techniques.baseline:Baseline", family="baseline")
 register("quantize", config="infopt.techniques.quantize.config:QuantizeConfig", impl="infopt.techniques.quantize.technique:Quantize", family="quantization")
 register("prune", config="infopt.techniques.prune.config:PruneConfig", impl="infopt.techniques.prune.technique:Prune", family="pruning")
-register("distill", config="infopt.config.schema:TechniqueConfig", impl=None, family="distillation")
+register("distill", config="infopt.techniques.distill.config:DistillConfig", impl="infopt.techniques.distill.technique:Distill", family="distillation")
 register("attention", config="infopt.techniques.decode.config:AttentionConfig", impl="infopt.techniques.decode.attention:Attention", family="architecture")
 register("kv_cache", config="infopt.techniques.decode.config:KVCacheConfig", impl="infopt.techniques.decode.kv_cache:KVCache", family="architecture")
 register("compile", config="infopt.techniques.decode.config:TorchCompileConfig", impl="infopt.techniques.decode.compile:Compile", family="architecture")
