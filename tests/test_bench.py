@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from infopt.bench.measure import measure
@@ -32,3 +33,22 @@ def test_measure_reports_positive_numbers(tiny_gpt2):
                 "predicted_decode_tokens_per_s_b1", "machine_bandwidth_gbs"):
         assert out[key] > 0, key
     assert out["decode_tokens_per_s_b1_min"] <= out["decode_tokens_per_s_b1"] <= out["decode_tokens_per_s_b1_max"]
+
+
+def test_interleaved_decode_reports_every_model_against_the_reference(tiny_llama):
+    import copy
+
+    from infopt.bench.interleaved import interleaved_decode
+
+    models = {"a": tiny_llama, "b": copy.deepcopy(tiny_llama)}
+    prompt = torch.randint(0, tiny_llama.config.vocab_size, (1, 8))
+    out = interleaved_decode(models, prompt, new_tokens=3, rounds=2, reference="a")
+    assert set(out) == {"a", "b"}
+    assert out["a"]["decode_speedup_median_of_rounds"] == 1.0  # each round's ratio to itself
+    for row in out.values():
+        assert len(row["decode_s_rounds"]) == 2 and min(row["decode_s_rounds"]) > 0
+        assert row["decode_tokens_per_s"] > 0
+    with pytest.raises(ValueError, match="reference 'c'"):
+        interleaved_decode(models, prompt, 3, 2, reference="c")
+    with pytest.raises(ValueError, match="rounds=0"):
+        interleaved_decode(models, prompt, 3, 0, reference="a")

@@ -17,7 +17,6 @@ import argparse
 import copy
 import json
 import os
-import statistics
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -48,13 +47,6 @@ def build_config(spec: dict):
     return c
 
 
-def decode_time(model, prompt: torch.Tensor, new_tokens: int) -> float:
-    with torch.no_grad():
-        t = time.perf_counter()
-        model.generate(prompt, max_new_tokens=new_tokens, min_new_tokens=new_tokens, do_sample=False, pad_token_id=0)
-        return time.perf_counter() - t
-
-
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="outputs/prune_smollm2.json")
@@ -67,6 +59,7 @@ def main() -> None:
 
     from transformers import AutoModelForCausalLM
 
+    from infopt.bench.interleaved import interleaved_decode
     from infopt.bench.size import weight_bytes_per_token
     from infopt.config.schema import DataConfig
     from infopt.data.text import TextData
@@ -111,31 +104,13 @@ def main() -> None:
             del model, applied
 
     prompt = data.heldout_blocks(32)[:1]  # (1, 32)
-    times: dict[str, list[float]] = {n: [] for n in kept}
-    for m in kept.values() if args.rounds else []:  # warm-up
-        decode_time(m, prompt, 4)
-    for _ in range(args.rounds):
-        for n, m in kept.items():
-            times[n].append(decode_time(m, prompt, args.new_tokens))
     dense_b = out["variants"]["dense"]["weight_mb_per_token"]
-    for n in kept if args.rounds else []:
-        ratios = [d / v for d, v in zip(times["dense"], times[n], strict=True)]
-        out["variants"][n].update(
-            decode_tokens_per_s=args.new_tokens / statistics.median(times[n]),
-            decode_speedup_median_of_rounds=statistics.median(ratios),
-            decode_s_rounds=times[n],
-            predicted_speedup_bytes=dense_b / out["variants"][n]["weight_mb_per_token"],
-        )
-        print(
-            n,
-            "tok/s",
-            round(args.new_tokens / statistics.median(times[n]), 2),
-            "speedup",
-            round(statistics.median(ratios), 3),
-            "predicted",
-            round(dense_b / out["variants"][n]["weight_mb_per_token"], 3),
-            flush=True,
-        )
+    speeds = interleaved_decode(kept, prompt, args.new_tokens, args.rounds, reference="dense") if args.rounds else {}
+    for n, speed in speeds.items():
+        predicted = dense_b / out["variants"][n]["weight_mb_per_token"]
+        out["variants"][n].update(speed, predicted_speedup_bytes=predicted)
+        print(n, "tok/s", round(speed["decode_tokens_per_s"], 2), "speedup",
+              round(speed["decode_speedup_median_of_rounds"], 3), "predicted", round(predicted, 3), flush=True)
     out["load_after"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(out, indent=1))

@@ -1,0 +1,103 @@
+"""Real int8 CPU kernels against fp32 on the embedded SmolLM2-135M, timed in one process.
+
+    python -m infopt.techniques.quantize.measure_int8 --out docs/int8_speed.json
+
+Issue 3's goal: a real int8 path decodes at least 2x faster than fp32 with held-out perplexity
+within 5%. Each variant starts from the same dense fp32 model and is quantized by
+``Quantize.apply``; perplexity is token perplexity over the first ``--heldout`` 512-token
+held-out windows; decode speed is batch 1, greedy, ``--new-tokens`` after a 32-token prompt,
+timed in interleaved rounds (``infopt.bench.interleaved``) so load hits every model alike.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import tempfile
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import torch
+
+VARIANTS = {
+    "dynamic_int8": dict(method="dynamic_int8", execution="real"),
+    "dynamic_int8_torch_ao": dict(method="dynamic_int8", execution="real", dynamic_backend="torch_ao"),
+    "smoothquant_w8a8": dict(method="smoothquant", execution="real", ignore=[]),
+    "llm_int8": dict(method="llm_int8", execution="real"),
+}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", default="outputs/int8_speed.json")
+    ap.add_argument("--variants", nargs="*", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--heldout", type=int, default=16, help="held-out 512-token windows for perplexity")
+    ap.add_argument("--new-tokens", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    args = ap.parse_args()
+
+    from transformers import AutoModelForCausalLM
+
+    from infopt.bench.interleaved import interleaved_decode
+    from infopt.bench.size import stored_bytes, weight_bytes_per_token
+    from infopt.config.schema import DataConfig
+    from infopt.data.text import TextData
+    from infopt.evaluation.perplexity import token_perplexity
+    from infopt.models.embedded import cached_checkpoint
+    from infopt.models.load import load_tokenizer
+    from infopt.techniques.quantize.config import QuantizeConfig
+    from infopt.techniques.quantize.technique import Quantize
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    cache = Path(os.environ.get("INFOPT_CACHE_DIR", "~/.cache/infopt")).expanduser()
+    torch.manual_seed(0)
+    tok = load_tokenizer("embedded", cache)
+    dense = AutoModelForCausalLM.from_pretrained(str(cached_checkpoint(cache)), dtype=torch.float32).eval()
+    data = TextData(DataConfig(name="lee_news", source="lee_news"), tok)
+    heldout = data.heldout_blocks(512)[: args.heldout]
+    tmp = tempfile.TemporaryDirectory()
+    ctx = SimpleNamespace(data=data, device=torch.device("cpu"), output_dir=Path(tmp.name), tokenizer=tok, measure=None)
+    out: dict = {"load_before": os.getloadavg(), "threads": torch.get_num_threads(), "variants": {}}
+
+    def record(name, model, metrics):
+        t = time.perf_counter()
+        row = {
+            "ppl_tok512": token_perplexity(model, heldout),
+            "ppl_wall_s": time.perf_counter() - t,
+            "stored_mb": stored_bytes(model) / 2**20,
+            "weight_mb_per_token": weight_bytes_per_token(model) / 2**20,
+            **metrics,
+        }
+        out["variants"][name] = row
+        print(name, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+
+    record("fp32", dense, {})
+    models = {"fp32": dense}
+    for name in args.variants:
+        c = QuantizeConfig(**VARIANTS[name], export_packed=False)
+        c.validate()
+        applied = Quantize(c).apply(copy.deepcopy(dense), ctx)
+        record(name, applied.model.eval(), applied.metrics)
+        models[name] = applied.model
+
+    prompt = data.heldout_blocks(32)[:1]  # (1, 32)
+    base_ppl = out["variants"]["fp32"]["ppl_tok512"]
+    for name, speed in interleaved_decode(models, prompt, args.new_tokens, args.rounds, reference="fp32").items():
+        row = out["variants"][name]
+        row.update(speed, ppl_ratio=row["ppl_tok512"] / base_ppl)
+        print(name, "tok/s", round(speed["decode_tokens_per_s"], 2), "speedup",
+              round(speed["decode_speedup_median_of_rounds"], 3), "ppl ratio", round(row["ppl_ratio"], 4), flush=True)
+    out["load_after"] = os.getloadavg()
+    from infopt.io import atomic_write_json
+
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(Path(args.out), out)
+
+
+if __name__ == "__main__":
+    main()
