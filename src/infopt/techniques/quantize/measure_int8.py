@@ -24,6 +24,7 @@ import torch
 
 VARIANTS = {
     "dynamic_int8": dict(method="dynamic_int8", execution="real"),
+    "dynamic_int8_with_head": dict(method="dynamic_int8", execution="real", ignore=[]),
     "dynamic_int8_torch_ao": dict(method="dynamic_int8", execution="real", dynamic_backend="torch_ao"),
     "smoothquant_w8a8": dict(method="smoothquant", execution="real", ignore=[]),
     "llm_int8": dict(method="llm_int8", execution="real"),
