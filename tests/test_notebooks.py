@@ -19,7 +19,7 @@ STAGES = "technique.stages=[{name:toy_scale,factor:0.5,half:false},{name:toy_sca
 @pytest.fixture(scope="module")
 def tiny_results(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("tiny_results")
-    run_main(["model=tiny_llama", *FAST], root / "baseline")
+    run_main(["model=tiny_llama", "technique=baseline", *FAST], root / "baseline")
     for reverse in ("false", "true"):
         run_main(
             [

@@ -331,7 +331,7 @@ def test_altered_baseline_cache_is_remeasured_not_trusted(tmp_path):
     from conftest import run_main
     from infopt.io import read_checked_json
 
-    overrides = ["model=tiny_llama", *QUICK, "bench=none", "eval.tasks=[]", "seed=8675309"]
+    overrides = ["model=tiny_llama", "technique=baseline", *QUICK, "bench=none", "eval.tasks=[]", "seed=8675309"]
     first = run_main(overrides, tmp_path / "a")
     cache_file = CACHE_DIR / "baselines" / f"{first['baseline_key']}.json"
     assert read_checked_json(cache_file) is not None

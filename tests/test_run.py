@@ -12,7 +12,7 @@ from infopt.wandb_offline import read_run
 
 @pytest.mark.parametrize("model", ["tiny_llama", "tiny_gpt2"])
 def test_run_writes_record_and_wandb_summary(model, tmp_path):
-    overrides = [f"model={model}", "eval=quick", "bench=quick", "logger=wandb", "use_baseline_cache=false"]
+    overrides = [f"model={model}", "technique=baseline", "eval=quick", "bench=quick", "logger=wandb", "use_baseline_cache=false"]
     record = run_main(overrides, tmp_path)
     on_disk = json.loads((tmp_path / "results.json").read_text())
     assert on_disk == json.loads(json.dumps(record, default=str))
@@ -38,7 +38,7 @@ def test_run_writes_record_and_wandb_summary(model, tmp_path):
 
 
 def test_baseline_is_cached_across_runs(tmp_path):
-    overrides = ["model=tiny_llama", *QUICK, "seed=123"]
+    overrides = ["model=tiny_llama", "technique=baseline", *QUICK, "seed=123"]
     first = run_main(overrides, tmp_path / "a")
     second = run_main(overrides, tmp_path / "b")
     assert second["baseline_cached"] is True
@@ -47,7 +47,7 @@ def test_baseline_is_cached_across_runs(tmp_path):
 
 
 def test_corrupt_baseline_cache_is_rebuilt(tmp_path):
-    overrides = ["model=tiny_llama", *QUICK, "seed=7"]
+    overrides = ["model=tiny_llama", "technique=baseline", *QUICK, "seed=7"]
     first = run_main(overrides, tmp_path / "a")
     from conftest import CACHE_DIR
 
@@ -59,7 +59,7 @@ def test_corrupt_baseline_cache_is_rebuilt(tmp_path):
 
 
 def test_same_config_and_seed_give_same_quality_metrics(tmp_path):
-    overrides = ["model=tiny_gpt2", *QUICK, "use_baseline_cache=false", "bench=none"]
+    overrides = ["model=tiny_gpt2", "technique=baseline", *QUICK, "use_baseline_cache=false", "bench=none"]
     a = run_main(overrides, tmp_path / "a")
     b = run_main(overrides, tmp_path / "b")
     assert a["result"]["eval"] == b["result"]["eval"]

@@ -132,11 +132,11 @@ def test_objective_is_recorded(tmp_path):
 
 
 def test_rerun_in_the_same_dir_skips(tmp_path):
-    first = run_main(["model=tiny_llama", *FAST], tmp_path)
-    second = run_main(["model=tiny_llama", *FAST], tmp_path)
+    first = run_main(["model=tiny_llama", "technique=baseline", *FAST], tmp_path)
+    second = run_main(["model=tiny_llama", "technique=baseline", *FAST], tmp_path)
     assert second.get("skipped") and second["config_hash"] == first["config_hash"]
     assert (tmp_path / "skipped.json").is_file()
-    third = run_main(["model=tiny_llama", *FAST, "seed=1"], tmp_path)
+    third = run_main(["model=tiny_llama", "technique=baseline", *FAST, "seed=1"], tmp_path)
     assert not third.get("skipped"), "another config in the same dir runs"
 
 
