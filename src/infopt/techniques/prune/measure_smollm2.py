@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import time
 from pathlib import Path
@@ -57,24 +56,14 @@ def main() -> None:
     ap.add_argument("--timed", nargs="*", default=TIMED)
     args = ap.parse_args()
 
-    from transformers import AutoModelForCausalLM
-
-    from infopt.bench.interleaved import interleaved_decode
+    from infopt.bench.interleaved import embedded_setup, interleaved_decode, print_row
     from infopt.bench.size import weight_bytes_per_token
-    from infopt.config.schema import DataConfig
-    from infopt.data.text import TextData
     from infopt.evaluation.perplexity import token_perplexity
-    from infopt.models.embedded import cached_checkpoint
-    from infopt.models.load import load_tokenizer
     from infopt.techniques.prune.structured import count_params
     from infopt.techniques.prune.technique import Prune
 
-    cache = Path(os.environ.get("INFOPT_CACHE_DIR", "~/.cache/infopt")).expanduser()
-    torch.manual_seed(0)
-    tok = load_tokenizer("embedded", cache)
-    dense = AutoModelForCausalLM.from_pretrained(str(cached_checkpoint(cache)), dtype=torch.float32).eval()
-    data = TextData(DataConfig(name="lee_news", source="lee_news"), tok)
-    heldout = data.heldout_blocks(512)[: args.heldout]
+    setup = embedded_setup(args.heldout)
+    dense, data, heldout = setup.model, setup.data, setup.heldout
     ctx = SimpleNamespace(data=data, device=torch.device("cpu"), measure=None)
     out: dict = {"load_before": os.getloadavg(), "threads": torch.get_num_threads(), "variants": {}}
 
@@ -89,7 +78,7 @@ def main() -> None:
             **{k: v for k, v in metrics.items() if not k.startswith("block_influence")},
         }
         out["variants"][name] = row
-        print(name, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+        print_row(name, row)
 
     record("dense", dense, {})
     kept = {"dense": dense}
@@ -113,7 +102,9 @@ def main() -> None:
               round(speed["decode_speedup_median_of_rounds"], 3), "predicted", round(predicted, 3), flush=True)
     out["load_after"] = os.getloadavg()
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(out, indent=1))
+    from infopt.io import atomic_write_json
+
+    atomic_write_json(Path(args.out), out)
 
 
 if __name__ == "__main__":

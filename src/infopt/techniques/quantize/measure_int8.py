@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
 import tempfile
 import time
@@ -41,28 +40,18 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = ap.parse_args()
 
-    from transformers import AutoModelForCausalLM
-
-    from infopt.bench.interleaved import interleaved_decode
+    from infopt.bench.interleaved import embedded_setup, interleaved_decode, print_row
     from infopt.bench.size import stored_bytes, weight_bytes_per_token
-    from infopt.config.schema import DataConfig
-    from infopt.data.text import TextData
     from infopt.evaluation.perplexity import token_perplexity
-    from infopt.models.embedded import cached_checkpoint
-    from infopt.models.load import load_tokenizer
     from infopt.techniques.quantize.config import QuantizeConfig
     from infopt.techniques.quantize.technique import Quantize
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    cache = Path(os.environ.get("INFOPT_CACHE_DIR", "~/.cache/infopt")).expanduser()
-    torch.manual_seed(0)
-    tok = load_tokenizer("embedded", cache)
-    dense = AutoModelForCausalLM.from_pretrained(str(cached_checkpoint(cache)), dtype=torch.float32).eval()
-    data = TextData(DataConfig(name="lee_news", source="lee_news"), tok)
-    heldout = data.heldout_blocks(512)[: args.heldout]
+    setup = embedded_setup(args.heldout)
+    dense, data, heldout = setup.model, setup.data, setup.heldout
     tmp = tempfile.TemporaryDirectory()
-    ctx = SimpleNamespace(data=data, device=torch.device("cpu"), output_dir=Path(tmp.name), tokenizer=tok, measure=None)
+    ctx = SimpleNamespace(data=data, device=torch.device("cpu"), output_dir=Path(tmp.name), tokenizer=setup.tokenizer, measure=None)
     out: dict = {"load_before": os.getloadavg(), "threads": torch.get_num_threads(), "variants": {}}
 
     def record(name, model, metrics):
@@ -75,7 +64,7 @@ def main() -> None:
             **metrics,
         }
         out["variants"][name] = row
-        print(name, json.dumps({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()}), flush=True)
+        print_row(name, row)
 
     record("fp32", dense, {})
     models = {"fp32": dense}
