@@ -122,6 +122,13 @@ class PruneConfig(TechniqueConfig):
             return False
         return not any(re.search(p, name) for p in self.ignore)
 
+    @property
+    def method_label(self) -> str:
+        """What the record and report call the method: structured targets are not Wanda/SparseGPT."""
+        if self.structured.target != "none":
+            return f"structured:{self.structured.target}"
+        return f"{self.method}:{self.nm}" if self.nm else self.method
+
     def validate(self) -> None:
         super().validate()
         choice("technique.method", self.method, METHODS)
