@@ -142,7 +142,11 @@ def row(record: dict[str, Any], metric: str) -> dict[str, Any]:
             s["name"] + (f"({s['method']})" if s.get("method") else "") for s in stages
         )
     elif tech.get("method"):
-        technique_label += f"({tech['method']})"
+        structured = ((config.get("technique") or {}).get("structured") or {}).get("target")
+        if structured and structured != "none":  # records written before the method said so
+            technique_label += f"(structured:{structured})"
+        else:
+            technique_label += f"({tech['method']})"
     out: dict[str, Any] = {
         "name": (record.get("run") or {}).get("name", "?"),
         "dir": str(Path(record.get("_path", "results.json")).parent),
