@@ -36,6 +36,7 @@ def test_embedded_run_end_to_end(tmp_path):
     ppl = record["baseline"]["eval"]["heldout/token_perplexity_w512"]
     # REFERENCES.md: about 32 on the last 30 Lee documents with 512-token windows.
     assert 20 < ppl < 50
+    assert record["baseline"]["bench"]["params"] == pytest.approx(134.5e6, rel=0.01)
     # The default technique (SmoothQuant W8A8, real int8): docs/quantization.md measured +2.1%.
     assert record["technique"]["execution"] == "real"
     assert record["result"]["eval"]["heldout/token_perplexity_w512"] < 1.05 * ppl

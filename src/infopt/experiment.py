@@ -144,8 +144,7 @@ def run_experiment(cfg: DictConfig, job: JobInfo | None = None) -> dict[str, Any
             return done
     run_name = redact(obj.run_name or job.name or f"{obj.model.name}-{obj.technique.name}")
     tags = redact([f"model:{obj.model.name}", f"technique:{obj.technique.name}", *obj.logger.tags])
-    # A config may name its method more precisely than its `method` field (structured pruning).
-    method = getattr(obj.technique, "method_label", None) or getattr(obj.technique, "method", None)
+    method = obj.technique.method_label
     if method:
         tags.append(f"method:{method}")
     if obj.experiment:

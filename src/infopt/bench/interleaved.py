@@ -62,7 +62,6 @@ def interleaved_decode(
 class EmbeddedSetup:
     """What a measurement script over variants of the embedded model starts from."""
 
-    cache_dir: Path
     tokenizer: Any
     model: nn.Module  # dense fp32, eval mode
     data: Any  # TextData over the Lee corpus
@@ -85,7 +84,7 @@ def embedded_setup(heldout_windows: int) -> EmbeddedSetup:
     tok = load_tokenizer("embedded", cache)
     dense = AutoModelForCausalLM.from_pretrained(str(cached_checkpoint(cache)), dtype=torch.float32).eval()
     data = TextData(DataConfig(name="lee_news", source="lee_news"), tok)
-    return EmbeddedSetup(cache, tok, dense, data, data.heldout_blocks(512)[:heldout_windows])
+    return EmbeddedSetup(tok, dense, data, data.heldout_blocks(512)[:heldout_windows])
 
 
 def print_row(name: str, row: dict[str, Any]) -> None:

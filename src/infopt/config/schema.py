@@ -198,6 +198,11 @@ class TechniqueConfig:
     export_float_type: str = "f16"  # gguf, export_type=auto: type of float matrices (f32 | f16 | q8_0)
     save_model: bool = False  # save the resulting model in the run dir (export=hf implies it)
 
+    @property
+    def method_label(self) -> str | None:
+        """The method as records, tags and reports name it (None: the technique has no methods)."""
+        return getattr(self, "method", None)
+
     def validate(self) -> None:
         choice("technique.export", self.export, ("none", "hf", "gguf", "compressed_tensors"))
         from infopt.export.types import check_type

@@ -133,7 +133,7 @@ class Pipeline(Technique):
                 "step": step + 1,
                 "index": index,
                 "name": stage_cfg.name,
-                "method": getattr(stage_cfg, "method", None),
+                "method": stage_cfg.method_label,
                 "config": dataclasses.asdict(stage_cfg),
                 "execution": applied.execution,
                 "wall_s": wall_s,

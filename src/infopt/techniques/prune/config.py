@@ -124,7 +124,7 @@ class PruneConfig(TechniqueConfig):
 
     @property
     def method_label(self) -> str:
-        """What the record and report call the method: structured targets are not Wanda/SparseGPT."""
+        """Structured targets are not Wanda/SparseGPT, whatever `method` says; N:M is named."""
         if self.structured.target != "none":
             return f"structured:{self.structured.target}"
         return f"{self.method}:{self.nm}" if self.nm else self.method

@@ -152,7 +152,7 @@ class Prune(Technique):
             "step": step,
             "index": step - 1,
             "name": name,
-            "method": self.config.method if name == "prune" and self.config.structured.target == "none" else None,
+            "method": self.config.method_label if name == "prune" else None,
             "execution": execution,
             "wall_s": wall_s,
             "metrics": dict(metrics),
