@@ -29,7 +29,7 @@ def compose_config(overrides: list[str], output_dir: Path | None = None):
     from hydra.core.global_hydra import GlobalHydra
     from omegaconf import open_dict
 
-    from infopt.config.store import register_configs
+    from infopt.composition.store import register_configs
 
     register_configs()
     GlobalHydra.instance().clear()
@@ -103,7 +103,7 @@ def run_context(tmp_path, tokenizer, text_data):
     """A RunContext like the one a run builds, on CPU, writing into tmp_path."""
     import torch
 
-    from infopt.config.validate import validate_config
+    from infopt.composition.validate import validate_config
     from infopt.context import RunContext
     from infopt.tracking import RunLogger
 

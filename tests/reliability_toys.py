@@ -31,7 +31,6 @@ class ToyFinetuneConfig(TechniqueConfig):
 
 
 class ToyFinetune(Technique):
-    config_class = ToyFinetuneConfig
     needs_data = True
     needs_float_weights = True
 
@@ -61,7 +60,7 @@ def register() -> None:
     """Register ``toy_finetune`` in the technique registry and Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
-    from infopt.config.store import register_configs
+    from infopt.composition.store import register_configs
     from infopt.techniques import registry
 
     register_configs()

@@ -11,7 +11,7 @@ from hydra.utils import get_method
 from omegaconf import OmegaConf
 
 from conftest import CONF_DIR, compose_config
-from infopt.config.validate import validate_config
+from infopt.composition.validate import validate_config
 from infopt.errors import ConfigError, NotImplementedTechnique
 from infopt.techniques import registry
 
@@ -85,7 +85,7 @@ def test_target_arguments_bind_to_their_callables():
 
 
 def test_structured_schema_rejects_unknown_key():
-    from infopt.config.precheck import one_line
+    from infopt.composition.precheck import one_line
 
     with pytest.raises(Exception) as err:
         compose_config(["model.bitz=4"])

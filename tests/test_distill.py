@@ -355,7 +355,7 @@ def test_ddp_two_cpu_processes_train_and_log_once(run_context, tiny_llama, tmp_p
     ],
 )
 def test_bad_values_are_rejected_before_the_model_loads(override, expected):
-    from infopt.config.validate import validate_config
+    from infopt.composition.validate import validate_config
 
     with pytest.raises(ConfigError, match=None) as info:
         validate_config(compose_config(["model=tiny_llama", "technique=distill", override]))
@@ -363,7 +363,7 @@ def test_bad_values_are_rejected_before_the_model_loads(override, expected):
 
 
 def test_cross_checks():
-    from infopt.config.validate import validate_config
+    from infopt.composition.validate import validate_config
 
     both = ["model=tiny_llama", "technique=distill"]
     with pytest.raises(ConfigError, match="only logits are cached"):
@@ -416,7 +416,7 @@ def test_separate_student_model_trains(run_context, tiny_llama):
 
 
 def test_distill_then_quantize_and_experiments_compose():
-    from infopt.config.validate import validate_config
+    from infopt.composition.validate import validate_config
 
     cfg = validate_config(compose_config(["technique=distill_then_quantize", "model=tiny_llama"]))
     assert cfg.technique.stages[0]["name"] == "distill"

@@ -34,7 +34,7 @@ def _quantize(model, bits: int, group: int, symmetric: bool, act_order_perm: boo
     """RTN every Linear but lm_head into real PackedLinear layers (as technique=quantize execution=real)."""
     from infopt.techniques.quantize.config import QuantizeConfig
     from infopt.techniques.quantize.core import QuantSpec, find_layers, rtn_quantize
-    from infopt.techniques.quantize.technique import Quantize
+    from infopt.techniques.quantize.technique import to_packed
 
     layers = find_layers(model, QuantizeConfig(method="rtn", bits=bits, group_size=group, symmetric=symmetric))
     qweights = {}
@@ -43,7 +43,7 @@ def _quantize(model, bits: int, group: int, symmetric: bool, act_order_perm: boo
         if act_order_perm:  # a non-contiguous column -> group map, as GPTQ's act-order leaves
             qw.g_idx = qw.g_idx.flip(0)
         qweights[name] = qw
-    return Quantize._pack(model, qweights, layers).eval()
+    return to_packed(model, qweights, layers).eval()
 
 
 # --- GGUF ---------------------------------------------------------------------------------------
@@ -265,7 +265,7 @@ def test_cli_exports_a_run_dir_and_records_it(tiny_llama, tokenizer, tmp_path):
     ],
 )
 def test_backend_and_export_combinations_checked_before_load(overrides, needle, tmp_path):
-    from infopt.config.validate import validate_config
+    from infopt.composition.validate import validate_config
     from infopt.errors import ConfigError
 
     with pytest.raises(ConfigError, match=needle):
@@ -274,7 +274,7 @@ def test_backend_and_export_combinations_checked_before_load(overrides, needle, 
 
 def test_vllm_backend_skips_clearly_without_gpu(tiny_llama, tokenizer, tmp_path, monkeypatch):
     from infopt.bench import backends
-    from infopt.config.validate import validate_config
+    from infopt.composition.validate import validate_config
 
     monkeypatch.setattr(backends, "cuda_available", lambda: False)
     cfg = validate_config(

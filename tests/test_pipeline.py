@@ -67,7 +67,7 @@ def test_reverse_applies_stages_in_the_other_order(tmp_path):
 
 
 def _precheck(overrides):
-    from infopt.config.precheck import precheck
+    from infopt.composition.precheck import precheck
 
     return precheck(["model=tiny_llama", *QUICK, "technique=pipeline", *overrides], CONF_DIR)
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from conftest import QUICK, REPO, compose_config, run_main
+from infopt.models import surgery
 
 
 def _cfg(**kw):
@@ -39,7 +40,7 @@ def _targets(model):
 
 
 def _w(module):
-    from infopt.techniques.quantize.core import get_weight
+    from infopt.models.surgery import get_weight
 
     return get_weight(module).detach()  # (out, in) for Linear and Conv1D alike
 
@@ -105,7 +106,7 @@ def test_bad_structured_values_rejected(structured, match):
 )
 def test_every_head_or_layer_rejected_before_load(model, overrides, match, tmp_path):
     """Checked from the architecture's config (SmolLM2: before its checkpoint is even converted)."""
-    from infopt.config.validate import validate_config
+    from infopt.composition.validate import validate_config
     from infopt.errors import ConfigError
 
     with pytest.raises(ConfigError, match=match):
@@ -267,7 +268,7 @@ def test_structured_model_reloads_with_plain_transformers(tokenizer, run_context
     arch, target = arch_target
     model = _tiny(tokenizer, arch)
     original = copy.deepcopy(model)
-    params = S.count_params(model)
+    params = surgery.parameter_count(model)
     tokens = run_context().data.heldout_blocks(32)[:2]
     applied = _structured(model, run_context(), target, importance, ratio=0.5)
     assert applied.execution == "dense"
@@ -298,18 +299,17 @@ def test_structured_model_reloads_with_plain_transformers(tokenizer, run_context
         assert reloaded.model.layers[0].self_attn.k_proj.weight.shape == (16, d)
         assert reloaded.model.layers[0].self_attn.o_proj.weight.shape == (d, 32)
         removed_per_layer = 32 * d + 16 * d * 2 + d * 32
-    assert S.count_params(reloaded) == params - layers * removed_per_layer
-    assert applied.metrics["params_after"] == S.count_params(reloaded)
+    assert surgery.parameter_count(reloaded) == params - layers * removed_per_layer
+    assert applied.metrics["params_after"] == surgery.parameter_count(reloaded)
 
 
 def _kept_units(original, pruned, target):
     """Which units of ``original`` survive in ``pruned``: matched by the consumer's columns."""
-    from infopt.techniques.prune import structured as S
 
     keeps = []
-    for lo, lp in zip(S.decoder_layers(original), S.decoder_layers(pruned), strict=True):
-        uo = S.layer_units(lo, original.config, target)
-        up = S.layer_units(lp, pruned.config, target)
+    for lo, lp in zip(surgery.decoder_layers(original), surgery.decoder_layers(pruned), strict=True):
+        uo = surgery.units(lo, original.config, target)
+        up = surgery.units(lp, pruned.config, target)
         wo, wp = _w(uo.consumer), _w(up.consumer)
         cols_o = wo.reshape(wo.shape[0], -1, uo.width).permute(1, 0, 2).flatten(1)  # (units, ...)
         cols_p = wp.reshape(wp.shape[0], -1, up.width).permute(1, 0, 2).flatten(1)
@@ -325,7 +325,7 @@ def test_structured_keeps_the_most_important_channels(tiny_llama, run_context):
     with torch.no_grad():  # make channels 0..15 of layer 0 the only ones that matter
         tiny_llama.model.layers[0].mlp.down_proj.weight[:, 16:] *= 0.01
     scores = S.magnitude_importance(tiny_llama.model.layers[0], tiny_llama.config, "channels")
-    assert set(S.keep_units(scores, 112).tolist()) == set(range(16))
+    assert set(surgery.keep_top(scores, scores.numel() - 112).tolist()) == set(range(16))
     del original
 
 
@@ -349,7 +349,7 @@ def test_layer_removal_reloads_and_decodes_with_cache(tokenizer, run_context, tm
     assert applied.metrics["layers_removed"] == 2
     expected_drop = sorted(torch.topk(bi, 2, largest=False).indices.tolist())
     assert f"{expected_drop}" in " ".join(applied.notes)
-    layers = S.decoder_layers(model)
+    layers = surgery.decoder_layers(model)
     assert len(layers) == 2 and model.config.num_hidden_layers == 2
     attn = [layer.self_attn if arch == "llama" else layer.attn for layer in layers]
     assert [a.layer_idx for a in attn] == [0, 1]
@@ -501,7 +501,7 @@ def test_activation_importance_matches_a_brute_force_reference(tiny_llama, run_c
     tokens = run_context().data.calibration_blocks(2, 16)
     scores = S.calibration_importance(tiny_llama, tokens, 2, target, "activation")
     layer = tiny_llama.model.layers[1]
-    u = S.layer_units(layer, tiny_llama.config, target)
+    u = surgery.units(layer, tiny_llama.config, target)
     seen = []
     h = u.consumer.register_forward_pre_hook(lambda m, a: seen.append(a[0].reshape(-1, a[0].shape[-1])))
     _logits(tiny_llama, tokens)

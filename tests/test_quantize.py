@@ -87,9 +87,10 @@ def test_rtn_8bit_per_channel_keeps_logits(tiny_model, text_data):
 @pytest.mark.parametrize("bits,group", [(3, -1), (4, 32), (3, 32)])
 def test_gptq_beats_rtn_reconstruction(tiny_model, text_data, bits, group):
     """Per-layer ||X W^T - X Q^T|| on the calibration inputs: GPTQ below RTN at the same bits/groups."""
-    from infopt.techniques.quantize.core import QuantSpec, find_layers, get_weight, rtn_quantize
+    from infopt.calibration import input_hooks
+    from infopt.models.surgery import get_weight
+    from infopt.techniques.quantize.core import QuantSpec, find_layers, rtn_quantize
     from infopt.techniques.quantize.gptq import gptq_quantize
-    from infopt.techniques.quantize.layerwise import input_hooks
 
     layers = find_layers(tiny_model, _cfg(bits=bits, group_size=group))
     xs: dict[str, list[torch.Tensor]] = {n: [] for n in layers}
@@ -114,7 +115,8 @@ def test_gptq_beats_rtn_reconstruction(tiny_model, text_data, bits, group):
 
 def test_gptq_act_order_groups_are_consistent(text_data, tiny_llama):
     """With act-order and groups, each column's codes use its own group's grid (g_idx)."""
-    from infopt.techniques.quantize.core import QuantSpec, get_weight
+    from infopt.models.surgery import get_weight
+    from infopt.techniques.quantize.core import QuantSpec
     from infopt.techniques.quantize.gptq import gptq_quantize
 
     w = get_weight(tiny_llama.model.layers[0].mlp.down_proj).detach().float()  # (64, 128)
@@ -173,9 +175,9 @@ def test_smoothquant_migration_preserves_float_outputs_and_helps_int8(tiny_model
     """Smoothing alone leaves the float model's logits unchanged; W8A8 per-tensor error drops."""
     import copy
 
-    from infopt.techniques.quantize.layerwise import LayerwiseRunner
+    from infopt.calibration import LayerwiseRunner
     from infopt.techniques.quantize.smoothquant import smooth_model
-    from infopt.techniques.quantize.technique import Quantize
+    from infopt.techniques.quantize.technique import to_int8
 
     tokens = text_data.calibration_blocks(4, 64)
     # Give the model activation outliers in a few channels (what trained LLMs have).
@@ -190,10 +192,10 @@ def test_smoothquant_migration_preserves_float_outputs_and_helps_int8(tiny_model
     ref = _logits(tiny_model, tokens)
     cfg = _cfg(method="smoothquant", bits=8, act_granularity="per_tensor")
     plain = copy.deepcopy(tiny_model)
-    Quantize._int8(plain, list(_layers(plain, cfg)), cfg, outliers=None, real=False)
+    to_int8(plain, list(_layers(plain, cfg)), cfg.act_granularity, outliers=None, real=False)
     smooth_model(LayerwiseRunner(tiny_model, tokens, 2), alpha=0.5)
     torch.testing.assert_close(_logits(tiny_model, tokens), ref, rtol=1e-3, atol=1e-3)
-    Quantize._int8(tiny_model, list(_layers(tiny_model, cfg)), cfg, outliers=None, real=False)
+    to_int8(tiny_model, list(_layers(tiny_model, cfg)), cfg.act_granularity, outliers=None, real=False)
     assert (_logits(tiny_model, tokens) - ref).norm() < (_logits(plain, tokens) - ref).norm()
 
 
@@ -207,8 +209,8 @@ def test_awq_beats_rtn_on_block_outputs(tiny_llama, text_data):
     """AWQ's searched scales give lower logit error than RTN at 3 bits, same groups."""
     import copy
 
+    from infopt.calibration import LayerwiseRunner
     from infopt.techniques.quantize.awq import quantize_awq
-    from infopt.techniques.quantize.layerwise import LayerwiseRunner
     from infopt.techniques.quantize.rtn import quantize_rtn
 
     tokens = text_data.calibration_blocks(8, 64)
@@ -324,7 +326,7 @@ def test_overrides_and_ignore_pick_layers(tiny_llama):
 )
 @pytest.mark.parametrize("model", ["tiny_llama", "tiny_gpt2"])
 def test_bad_values_rejected_before_loading(override, needle, model, monkeypatch, tmp_path):
-    from infopt.config.validate import validate_config
+    from infopt.composition.validate import validate_config
     from infopt.errors import ConfigError
 
     def boom(*a, **k):  # the model must never load
@@ -344,7 +346,7 @@ def test_bad_values_rejected_before_loading(override, needle, model, monkeypatch
 
 def test_group_size_checked_on_embedded_shapes(tmp_path):
     """SmolLM2's 576 is not a multiple of 128: rejected from its shape, before any conversion."""
-    from infopt.config.validate import validate_config
+    from infopt.composition.validate import validate_config
     from infopt.errors import ConfigError
 
     with pytest.raises(ConfigError, match="576"):

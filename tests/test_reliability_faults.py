@@ -111,7 +111,7 @@ def test_same_config_and_seed_give_the_same_metrics_in_two_processes(training_ru
 
 
 def test_wandb_offline_run_keeps_what_was_logged_before_the_kill(training_runs):
-    from infopt.wandb_offline import read_run
+    from support.wandb_offline import read_run
 
     root, killed, _ = training_runs
     (killed_run,) = killed["wandb_runs"]

@@ -1,6 +1,6 @@
 """Bad input and broken resources: each is caught before the model loads and explained in one line.
 
-The property test drives random command lines through ``infopt.config.precheck.precheck``, the
+The property test drives random command lines through ``infopt.composition.precheck.precheck``, the
 function ``python run.py`` calls before Hydra starts (compose, then validate: schema types, ranges,
 cross-group technique checks). Every outcome must be "valid" or a one-line message; any other
 exception is a bug. It runs in-process (no subprocess per example), so 200 examples take seconds.
@@ -112,7 +112,7 @@ TRIED: list[int] = []
 )
 @given(argv=command_lines())
 def test_random_overrides_validate_or_fail_with_one_line(argv):
-    from infopt.config.precheck import precheck
+    from infopt.composition.precheck import precheck
 
     TRIED.append(1)
     try:
@@ -126,7 +126,7 @@ def test_random_overrides_validate_or_fail_with_one_line(argv):
 
 def test_the_property_test_ran_its_examples_and_saw_both_outcomes():
     """Guards against a strategy that only ever produces parse errors (or only valid lines)."""
-    from infopt.config.precheck import precheck
+    from infopt.composition.precheck import precheck
 
     assert len(TRIED) >= min(EXAMPLES, 50) or not TRIED  # run on its own, the test above did not run
     good = precheck(["model=tiny_llama", "eval.limit=3", "technique=quantize", "technique.bits=8"], CLI_CONF_DIR)
@@ -143,7 +143,7 @@ def test_the_property_test_ran_its_examples_and_saw_both_outcomes():
     ],
 )
 def test_command_lines_the_property_test_found(argv, needle):
-    from infopt.config.precheck import precheck
+    from infopt.composition.precheck import precheck
 
     message = precheck(argv, CLI_CONF_DIR)
     assert message is not None and needle in message and "\n" not in message
@@ -167,7 +167,7 @@ needs_no_gpu = pytest.mark.skipif(
     ],
 )
 def test_gpu_hardware_without_a_gpu_fails_up_front(argv, what):
-    from infopt.config.precheck import precheck
+    from infopt.composition.precheck import precheck
 
     message = precheck(["model=tiny_llama", *argv], CLI_CONF_DIR)
     assert message is not None and message.startswith(what) and "needs a CUDA GPU" in message

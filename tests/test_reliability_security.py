@@ -162,7 +162,7 @@ def test_no_secret_reaches_any_file_of_a_run(tmp_path):
     record = json.loads((run_dir / "results.json").read_text())
     assert record["config"]["model"]["tokenizer"] == "embedded"  # not a secret
     assert record["config"]["run_name"] == REDACTED and record["run"]["name"] == REDACTED
-    from infopt.wandb_offline import read_run
+    from support.wandb_offline import read_run
 
     logged = read_run(next((run_dir / "wandb").glob("offline-run-*")))
     assert logged["config"]["model"]["tokenizer"] == "embedded"

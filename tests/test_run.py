@@ -7,7 +7,7 @@ import json
 import pytest
 
 from conftest import QUICK, run_main
-from infopt.wandb_offline import read_run
+from support.wandb_offline import read_run
 
 
 @pytest.mark.parametrize("model", ["tiny_llama", "tiny_gpt2"])

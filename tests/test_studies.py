@@ -75,7 +75,7 @@ def test_layer_sensitivity_by_hand_matches_one_layer_scaled(
 
 
 def test_layer_sensitivity_inner_is_validated_at_compose_time():
-    from infopt.config.precheck import precheck
+    from infopt.composition.precheck import precheck
 
     msg = precheck(
         [
@@ -151,7 +151,7 @@ PIPELINES = sorted(
 @pytest.mark.parametrize("name", EXPERIMENTS)
 def test_experiment_config_composes_and_validates_once_its_techniques_exist(name):
     """Every experiment composes now; it validates as soon as the techniques it uses are implemented."""
-    from infopt.config.validate import validate_config
+    from infopt.composition.validate import validate_config
     from infopt.errors import NotImplementedTechnique
 
     cfg = compose_config([f"experiment={name}", "model=tiny_llama"])
@@ -164,7 +164,7 @@ def test_experiment_config_composes_and_validates_once_its_techniques_exist(name
 
 @pytest.mark.parametrize("name", PIPELINES)
 def test_named_pipeline_validates_once_its_techniques_exist(name):
-    from infopt.config.validate import validate_config
+    from infopt.composition.validate import validate_config
     from infopt.errors import NotImplementedTechnique
 
     cfg = compose_config([f"technique={name}", "model=tiny_llama"])

@@ -179,7 +179,7 @@ def _compose_with_hydra(overrides: list[str]):
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
 
-    from infopt.config.store import register_configs
+    from infopt.composition.store import register_configs
 
     register_configs()
     GlobalHydra.instance().clear()

@@ -27,7 +27,6 @@ class ToyScaleConfig(TechniqueConfig):
 
 
 class ToyScale(Technique):
-    config_class = ToyScaleConfig
     needs_float_weights = True
 
     def apply(self, model, ctx) -> Applied:
@@ -58,7 +57,6 @@ class ToyFreezeConfig(TechniqueConfig):
 
 
 class ToyFreeze(Technique):
-    config_class = ToyFreezeConfig
     keeps_float_weights = False
 
     def apply(self, model, ctx) -> Applied:
@@ -71,7 +69,6 @@ class ToyTrainConfig(TechniqueConfig):
 
 
 class ToyTrain(Technique):
-    config_class = ToyTrainConfig
     needs_data = True
 
     def apply(self, model, ctx) -> Applied:
@@ -89,7 +86,7 @@ def register_toys() -> None:
     """Register the toys in the technique registry and in Hydra's ConfigStore (idempotent)."""
     from hydra.core.config_store import ConfigStore
 
-    from infopt.config.store import register_configs
+    from infopt.composition.store import register_configs
     from infopt.techniques import registry
 
     register_configs()

@@ -13,7 +13,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from infopt.config.store import register_configs
+from infopt.composition.store import register_configs
 from infopt.errors import InfoptError
 
 CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
@@ -51,9 +51,12 @@ def _job_info():
 
 
 def _task(cfg: DictConfig) -> float | None:
+    from infopt.console import flush_early_records, quiet_libraries
     from infopt.experiment import run_experiment
     from infopt.faults import at_job_start
 
+    quiet_libraries()
+    flush_early_records()
     job = _job_info()
     at_job_start(job.job_num)
     try:
@@ -72,10 +75,16 @@ def main() -> None:
         _fail(
             f"config directory {CONF_DIR} not found; run infopt from its repository (pip install -e .)"
         )
-    from infopt.config.precheck import precheck
+    from infopt.composition.precheck import precheck, runs_task
+    from infopt.console import quiet_libraries
     from infopt.secrets import install_log_redaction
 
     install_log_redaction()  # every log line, W&B's and Hydra's job log included
+    if runs_task(sys.argv[1:]):
+        quiet_libraries()  # other libraries' output goes to the run's cli.log, not the console
+        import torch  # noqa: F401 - torch installs its log handler on import: quiet it before the checks
+
+        quiet_libraries()
 
     message = precheck(sys.argv[1:], CONF_DIR)
     if message:

@@ -11,7 +11,3 @@ class ConfigError(InfoptError):
 
 class ResourceError(InfoptError):
     """A model, dataset or file cannot be reached or is broken."""
-
-
-class NotImplementedTechnique(InfoptError):
-    """A technique has a config but no implementation yet."""

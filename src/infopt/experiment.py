@@ -1,7 +1,6 @@
-"""One run, in order; each arrow of README's diagram is one call here.
+"""One run, in order; each arrow of README's diagram is one call in ``run_experiment``.
 
-validate -> resolve model -> load -> baseline (cached) -> technique -> export -> measure ->
-results.json -> logger -> summary
+validate -> load -> baseline (cached) -> technique -> export -> measure -> record -> publish
 """
 
 from __future__ import annotations
@@ -16,8 +15,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from infopt.composition.validate import validate_config
 from infopt.config.schema import InfoptConfig
-from infopt.config.validate import validate_config
+from infopt.console import phase
 from infopt.io import atomic_write_json, read_checked_json, write_checked_json
 from infopt.results import SCHEMA_VERSION, compute_ratios, environment, flatten, redact, stable_hash
 
@@ -52,16 +52,10 @@ def baseline_key(cfg: InfoptConfig, device_name: str) -> str:
     from infopt.results import package_versions
 
     container = {
-        "model": OmegaConf.to_container(OmegaConf.structured(cfg.model)),
-        "data": OmegaConf.to_container(OmegaConf.structured(cfg.data)),
-        "eval": OmegaConf.to_container(OmegaConf.structured(cfg.eval)),
-        "bench": OmegaConf.to_container(OmegaConf.structured(cfg.bench)),
-        "hardware": OmegaConf.to_container(OmegaConf.structured(cfg.hardware)),
-        "seed": cfg.seed,
-        "device": device_name,
-        "versions": package_versions(),
+        group: OmegaConf.to_container(OmegaConf.structured(getattr(cfg, group)))
+        for group in ("model", "data", "eval", "bench", "hardware")
     }
-    return stable_hash(container)
+    return stable_hash({**container, "seed": cfg.seed, "device": device_name, "versions": package_versions()})
 
 
 class Measurer:
@@ -98,14 +92,43 @@ class Measurer:
         return {"eval": ev, "bench": bench}
 
 
-def run_experiment(cfg: DictConfig, job: JobInfo | None = None) -> dict[str, Any]:
-    job = job or JobInfo()
-    started = datetime.now(timezone.utc)
-    t_start = time.perf_counter()
+@dataclass
+class Setup:
+    """Everything a run decides before it loads a model: the validated config, paths, names, hashes."""
 
-    # 1. Validate everything we can before anything heavy is imported or loaded.
+    obj: InfoptConfig
+    config: dict[str, Any]  # the resolved config, secrets redacted (what the record stores)
+    config_hash: str
+    job: JobInfo
+    output_dir: Path
+    cache_dir: Path
+    device: Any
+    device_info: dict[str, Any]
+    resolved: Any  # models.load.ResolvedModel
+    technique: Any  # the built Technique
+    started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
+    t0: float = field(default_factory=time.perf_counter)
+
+    @property
+    def run_name(self) -> str:
+        return redact(self.obj.run_name or self.job.name or f"{self.obj.model.name}-{self.obj.technique.name}")
+
+
+@dataclass
+class Loaded:
+    """The model under study and what measures it."""
+
+    model: Any
+    tokenizer: Any
+    data: Any
+    measure: Measurer
+    load_s: float
+
+
+def prepare(cfg: DictConfig, job: JobInfo) -> Setup:
+    """Validate everything that can be validated, before anything heavy is imported or loaded."""
     obj = validate_config(cfg)
-    from infopt.techniques.registry import build, spec
+    from infopt.techniques.registry import build
 
     technique = build(obj.technique)
     if any(t not in ("heldout", "analogy") for t in obj.eval.tasks):
@@ -115,159 +138,193 @@ def run_experiment(cfg: DictConfig, job: JobInfo | None = None) -> dict[str, Any
     from infopt.models.load import resolve
 
     resolved = resolve(obj.model)
-
     import torch
 
     from infopt.bench.hardware import device_description
-    from infopt.context import RunContext
-    from infopt.data.text import TextData
-    from infopt.models.load import load_model, load_tokenizer
-    from infopt.tracking import make_logger
 
-    output_dir = Path(obj.paths.output_dir)
-    cache_dir = Path(obj.paths.cache_dir).expanduser()
+    output_dir, cache_dir = Path(obj.paths.output_dir), Path(obj.paths.cache_dir).expanduser()
     output_dir.mkdir(parents=True, exist_ok=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
     if obj.hardware.num_threads:
         torch.set_num_threads(obj.hardware.num_threads)
     device = torch.device("cuda" if obj.hardware.accelerator == "gpu" else "cpu")
+    config = redact(OmegaConf.to_container(cfg, resolve=True))
+    config_hash = stable_hash({k: v for k, v in config.items() if k not in HASH_EXCLUDED})
+    return Setup(obj, config, config_hash, job, output_dir, cache_dir, device, device_description(device), resolved,
+                 technique)  # fmt: skip
+
+
+def load(setup: Setup) -> Loaded:
+    """Tokenizer, model (on the run's device), data, and the run's measurement."""
+    from infopt.data.text import TextData
+    from infopt.models.load import load_model, load_tokenizer
+
+    obj = setup.obj
     seed_everything(obj.seed)
-    device_info = device_description(device)
+    t = time.perf_counter()
+    tokenizer = load_tokenizer(setup.resolved.tokenizer, setup.cache_dir, obj.model.trust_remote_code)
+    model = load_model(obj.model, setup.resolved, tokenizer, setup.cache_dir, seed=obj.seed).to(setup.device)
+    data = TextData(obj.data, tokenizer)
+    return Loaded(model, tokenizer, data, Measurer(obj, tokenizer, data, setup.cache_dir), time.perf_counter() - t)
 
-    config_container = redact(OmegaConf.to_container(cfg, resolve=True))
-    config_hash = stable_hash({k: v for k, v in config_container.items() if k not in HASH_EXCLUDED})
-    if obj.skip_completed:
-        from infopt.studies.sweep import completed_record
 
-        done = completed_record(output_dir, config_hash)
-        if done is not None:  # a rerun sweep: this job already finished with this exact config
-            return done
-    run_name = redact(obj.run_name or job.name or f"{obj.model.name}-{obj.technique.name}")
+def measure_baseline(setup: Setup, loaded: Loaded) -> tuple[dict | None, bool, str]:
+    """(baseline measurement, whether it came from the cache, its cache key)."""
+    obj = setup.obj
+    key = baseline_key(obj, setup.device_info.get("gpu", setup.device_info["cpu"]))
+    if obj.skip_baseline:
+        return None, False, key
+    cache_file = setup.cache_dir / "baselines" / f"{key}.json"
+    cached = read_checked_json(cache_file) if obj.use_baseline_cache else None
+    if cached and cached.get("key") == key and "eval" in cached.get("measurement", {}):
+        log.info("baseline: cached (%s)", cache_file)
+        return cached["measurement"], True, key
+    baseline = loaded.measure(loaded.model)
+    write_checked_json(cache_file, {"key": key, "model": obj.model.name, "measurement": baseline})
+    return baseline, False, key
+
+
+def export(setup: Setup, applied, tokenizer) -> dict[str, str]:
+    """Save / export the result (before measuring: an engine backend measures the export)."""
+    obj, artifacts = setup.obj, dict(applied.artifacts)
+    if obj.technique.save_model or obj.technique.export == "hf":
+        from infopt.models.save import save_hf
+
+        artifacts["hf"] = str(save_hf(applied.model, tokenizer, setup.output_dir / "model"))
+    if obj.technique.export not in ("none", "hf"):
+        from infopt.export import export_model
+
+        artifacts[obj.technique.export] = str(export_model(
+            obj.technique.export, applied.model, tokenizer, setup.output_dir, applied,
+            export_type=obj.technique.export_type, float_type=obj.technique.export_float_type,
+        ))  # fmt: skip
+    return artifacts
+
+
+def measure_result(setup: Setup, loaded: Loaded, applied, baseline, artifacts: dict[str, str]) -> dict:
+    """The result measured the same way as the baseline (reused when it is the very same model)."""
+    obj = setup.obj
+    engine = obj.bench.enabled and obj.bench.backend != "transformers"
+    if obj.technique.name == "baseline" and baseline is not None and not engine:
+        return baseline
+    if applied.measured is not None and not engine:  # the technique measured this exact model (pipeline)
+        return applied.measured
+    return loaded.measure(applied.model, applied.generate_kwargs, artifact=artifacts.get(obj.technique.export))
+
+
+def build_record(setup: Setup, loaded: Loaded, applied, baseline, cached: bool, key: str, result: dict,
+                 artifacts: dict[str, str], technique_s: float) -> dict[str, Any]:  # fmt: skip
+    from infopt.techniques.registry import spec
+
+    obj = setup.obj
+    record: dict[str, Any] = {
+        "schema_version": SCHEMA_VERSION,
+        "run": {
+            "name": setup.run_name, "output_dir": str(setup.output_dir), "group": obj.logger.group or setup.job.group,
+            "overrides": setup.job.overrides, "started": setup.started.isoformat(),
+            "finished": datetime.now(timezone.utc).isoformat(), "wall_s": time.perf_counter() - setup.t0,
+            "load_s": loaded.load_s, "status": "complete",
+        },
+        "config": setup.config,
+        "config_hash": setup.config_hash,
+        "baseline_key": key,
+        "baseline_cached": cached,
+        "environment": environment(setup.device_info, obj.seed),
+        "baseline": baseline,
+        "result": result,
+        "technique": {
+            "name": obj.technique.name, "family": spec(obj.technique.name).family, "method": obj.technique.method_label,
+            "execution": applied.execution, "wall_s": technique_s, "metrics": applied.metrics,
+            "notes": applied.notes + loaded.measure.notes + list(setup.resolved.notes), "artifacts": artifacts,
+            "tables": applied.tables,
+        },
+        "stages": applied.stages,
+        "ratios": compute_ratios(baseline, result) if baseline else {},
+    }  # fmt: skip
+    from infopt.studies.objective import objective_value
+
+    # What a search (hydra/sweeper=optuna) optimises: a summary key, penalised over budget.
+    record["objective"], record["objective_detail"] = objective_value(obj.objective, summary_of(record))
+    return record
+
+
+def summary_of(record: dict[str, Any]) -> dict[str, Any]:
+    """The flat key -> number view the logger and the objective read."""
+    summary = {
+        **flatten(record["result"]),
+        **{f"ratios/{k}": v for k, v in record["ratios"].items()},
+        **{f"technique/{k}": v for k, v in record["technique"]["metrics"].items()},
+    }
+    if record.get("objective") is not None:
+        summary["objective"] = record["objective"]
+    if record.get("baseline"):
+        summary.update(flatten(record["baseline"], prefix="baseline/"))
+    return summary
+
+
+def publish(record: dict[str, Any], logger) -> None:
+    """results.json, the logger (same numbers and tables), and the terminal summary."""
+    from infopt.summary import print_summary, rows, stage_rows
+
+    atomic_write_json(Path(record["run"]["output_dir"]) / "results.json", record)
+    logger.log_summary(summary_of(record))
+    # The same table the terminal shows, and the pipeline's stages, so runs compare in W&B.
+    logger.log_table("results", ["metric", "baseline", "result", "ratio"], [list(r) for r in rows(record)])
+    if record["stages"]:
+        columns, stage_table = stage_rows(record["stages"])
+        logger.log_table("stages", columns, stage_table)
+    for name, table in record["technique"]["tables"].items():
+        logger.log_table(f"technique/{name}", list(table["columns"]), [list(r) for r in table["rows"]])
+    print_summary(record)
+
+
+def make_run_logger(setup: Setup):
+    from infopt.tracking import make_logger
+
+    obj = setup.obj
     tags = redact([f"model:{obj.model.name}", f"technique:{obj.technique.name}", *obj.logger.tags])
-    method = obj.technique.method_label
-    if method:
-        tags.append(f"method:{method}")
+    if obj.technique.method_label:
+        tags.append(f"method:{obj.technique.method_label}")
     if obj.experiment:
         tags.append(f"experiment:{obj.experiment}")
-    logger = make_logger(obj.logger, output_dir, name=run_name, group=obj.logger.group or job.group, tags=tags, config=config_container)
+    return make_logger(obj.logger, setup.output_dir, name=setup.run_name, group=obj.logger.group or setup.job.group,
+                       tags=tags, config=setup.config)  # fmt: skip
+
+
+def context(setup: Setup, loaded: Loaded, logger, baseline) -> Any:
+    from infopt.context import RunContext
+
+    return RunContext(cfg=setup.obj, tokenizer=loaded.tokenizer, data=loaded.data, output_dir=setup.output_dir,
+                      cache_dir=setup.cache_dir, device=setup.device, logger=logger, measure=loaded.measure,
+                      baseline=baseline)  # fmt: skip
+
+
+def run_experiment(cfg: DictConfig, job: JobInfo | None = None) -> dict[str, Any]:
+    with phase("check config"):
+        setup = prepare(cfg, job or JobInfo())
+    if setup.obj.skip_completed:
+        from infopt.studies.sweep import completed_record
+
+        done = completed_record(setup.output_dir, setup.config_hash)
+        if done is not None:  # a rerun sweep: this job already finished with this exact config
+            return done
+    logger = make_run_logger(setup)
     exit_code = 1
     try:
-        # 2. Load.
-        t = time.perf_counter()
-        tokenizer = load_tokenizer(resolved.tokenizer, cache_dir, obj.model.trust_remote_code)
-        model = load_model(obj.model, resolved, tokenizer, cache_dir, seed=obj.seed).to(device)
-        load_s = time.perf_counter() - t
-        data = TextData(obj.data, tokenizer)
-        measurer = Measurer(obj, tokenizer, data, cache_dir)
-
-        # 3. Baseline, cached under a key of everything that changes it.
-        baseline = None
-        baseline_cached = False
-        key = baseline_key(obj, device_info.get("gpu", device_info["cpu"]))
-        cache_file = cache_dir / "baselines" / f"{key}.json"
-        if not obj.skip_baseline:
-            cached = read_checked_json(cache_file) if obj.use_baseline_cache else None
-            if cached and cached.get("key") == key and "eval" in cached.get("measurement", {}):
-                baseline, baseline_cached = cached["measurement"], True
-                log.info("baseline: cached (%s)", cache_file)
-            else:
-                log.info("baseline: measuring")
-                baseline = measurer(model)
-                write_checked_json(cache_file, {"key": key, "model": obj.model.name, "measurement": baseline})
-
-        # 4. Technique.
-        ctx = RunContext(cfg=obj, tokenizer=tokenizer, data=data, output_dir=output_dir, cache_dir=cache_dir,
-                         device=device, logger=logger, measure=measurer, baseline=baseline)
-        t = time.perf_counter()
-        applied = technique.apply(model, ctx)
-        technique_s = time.perf_counter() - t
-        tokenizer = applied.tokenizer or tokenizer
-
-        # 5. Save / export (before measuring: bench.backend=llamacpp/vllm measures the exported model).
-        artifacts = dict(applied.artifacts)
-        if obj.technique.save_model or obj.technique.export == "hf":
-            from infopt.models.save import save_hf
-
-            artifacts["hf"] = str(save_hf(applied.model, tokenizer, output_dir / "model"))
-        if obj.technique.export not in ("none", "hf"):
-            from infopt.export import export_model
-
-            artifacts[obj.technique.export] = str(export_model(
-                obj.technique.export, applied.model, tokenizer, output_dir, applied,
-                export_type=obj.technique.export_type, float_type=obj.technique.export_float_type,
-            ))
-        engine = obj.bench.enabled and obj.bench.backend != "transformers"
-
-        # 6. Measure the result the same way (the baseline technique is its own result, unless an
-        # engine backend must measure its export).
-        if obj.technique.name == "baseline" and baseline is not None and not engine:
-            result = baseline
-        elif applied.measured is not None and not engine:  # the technique measured this exact model (pipeline)
-            result = applied.measured
-        else:
-            result = measurer(applied.model, applied.generate_kwargs, artifact=artifacts.get(obj.technique.export))
-
-        # 7. Record.
-        record: dict[str, Any] = {
-            "schema_version": SCHEMA_VERSION,
-            "run": {
-                "name": run_name,
-                "output_dir": str(output_dir),
-                "group": obj.logger.group or job.group,
-                "overrides": job.overrides,
-                "started": started.isoformat(),
-                "finished": datetime.now(timezone.utc).isoformat(),
-                "wall_s": time.perf_counter() - t_start,
-                "load_s": load_s,
-                "status": "complete",
-            },
-            "config": config_container,
-            "config_hash": config_hash,
-            "baseline_key": key,
-            "baseline_cached": baseline_cached,
-            "environment": environment(device_info, obj.seed),
-            "baseline": baseline,
-            "result": result,
-            "technique": {
-                "name": obj.technique.name,
-                "family": spec(obj.technique.name).family,
-                "method": method,
-                "execution": applied.execution,
-                "wall_s": technique_s,
-                "metrics": applied.metrics,
-                "notes": applied.notes + measurer.notes + list(resolved.notes),
-                "artifacts": artifacts,
-                "tables": applied.tables,
-            },
-            "stages": applied.stages,
-            "ratios": compute_ratios(baseline, result) if baseline else {},
-        }
-        summary = {**flatten(result), **{f"ratios/{k}": v for k, v in record["ratios"].items()},
-                   **{f"technique/{k}": v for k, v in applied.metrics.items()}}
-        # What a search (hydra/sweeper=optuna) optimises: a summary key, penalised over budget.
-        from infopt.studies.objective import objective_value
-
-        record["objective"], record["objective_detail"] = objective_value(obj.objective, summary)
-        atomic_write_json(output_dir / "results.json", record)
-
-        if record["objective"] is not None:
-            summary["objective"] = record["objective"]
-        if baseline:
-            summary.update(flatten(baseline, prefix="baseline/"))
-        logger.log_summary(summary)
-        from infopt.summary import print_summary, rows
-
-        # The same table the terminal shows, and the pipeline's stages, so runs compare in W&B.
-        logger.log_table("results", ["metric", "baseline", "result", "ratio"], [list(r) for r in rows(record)])
-        if applied.stages:
-            from infopt.summary import stage_rows
-
-            columns, stage_table = stage_rows(applied.stages)
-            logger.log_table("stages", columns, stage_table)
-        for name, table in applied.tables.items():
-            logger.log_table(f"technique/{name}", list(table["columns"]), [list(r) for r in table["rows"]])
-
-        print_summary(record)
+        with phase(f"load {setup.obj.model.name}"):
+            loaded = load(setup)
+        with phase("baseline: eval + bench"):
+            baseline, cached, key = measure_baseline(setup, loaded)
+        with phase(f"technique: {setup.obj.technique.name}") as step:
+            applied = setup.technique.apply(loaded.model, context(setup, loaded, logger, baseline))
+        technique_s = step.elapsed
+        tokenizer = applied.tokenizer or loaded.tokenizer
+        with phase("export"):
+            artifacts = export(setup, applied, tokenizer)
+        with phase("result: eval + bench"):
+            result = measure_result(setup, loaded, applied, baseline, artifacts)
+        record = build_record(setup, loaded, applied, baseline, cached, key, result, artifacts, technique_s)
+        publish(record, logger)
         exit_code = 0
         return record
     finally:

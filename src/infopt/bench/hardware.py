@@ -8,11 +8,11 @@ from __future__ import annotations
 
 import os
 import platform
-import statistics
-import time
 from functools import lru_cache
 
 import torch
+
+from infopt.bench.timing import repeat
 
 
 def cpu_name() -> str:
@@ -46,41 +46,18 @@ def device_description(device: torch.device) -> dict[str, str | int | float]:
     return info
 
 
-def _timed(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
-
-
 @lru_cache(maxsize=4)
 def probe(device_str: str = "cpu", dtype_str: str = "float32") -> dict[str, float]:
     """Copy bandwidth (GB/s, read + write) and matmul GFLOP/s on ``device``."""
     device = torch.device(device_str)
     dtype = getattr(torch, dtype_str)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    n = (
-        64 * 2**20 // 4 if device.type == "cpu" else 512 * 2**20 // 4
-    )  # 64 MiB of fp32 on CPU (well past caches)
+    # 64 MiB of fp32 on CPU (well past caches), 512 MiB on a GPU
+    n = (64 if device.type == "cpu" else 512) * 2**20 // 4
     src = torch.ones(n, device=device)
     dst = torch.empty_like(src)
-
-    def copy():
-        dst.copy_(src)
-        sync()
-
-    copy()
-    bandwidth = 2 * src.numel() * 4 / _timed(copy, 5) / 1e9
+    bandwidth = 2 * src.numel() * 4 / repeat(lambda: dst.copy_(src), 5, warmup=1, device=device).median / 1e9
     k = 1024 if device.type == "cpu" else 8192
     a = torch.randn(k, k, device=device, dtype=dtype)
     b = torch.randn(k, k, device=device, dtype=dtype)
-
-    def mm():
-        a @ b
-        sync()
-
-    mm()
-    gflops = 2 * k**3 / _timed(mm, 3) / 1e9
+    gflops = 2 * k**3 / repeat(lambda: a @ b, 3, warmup=1, device=device).median / 1e9
     return {"bandwidth_gbs": bandwidth, "matmul_gflops": gflops}

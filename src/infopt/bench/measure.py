@@ -10,15 +10,16 @@ from __future__ import annotations
 import statistics
 import threading
 import time
-from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
 
 from infopt.bench.hardware import probe
-from infopt.bench.size import flops_per_token, parameter_count, stored_bytes, weight_bytes_per_token
+from infopt.bench.size import flops_per_token, stored_bytes, weight_bytes_per_token
+from infopt.bench.timing import repeat, synchronize, timed
 from infopt.config.schema import BenchConfig
+from infopt.models.surgery import model_device, parameter_count
 
 MB = 2**20
 
@@ -63,24 +64,6 @@ class PeakMemory:
             self.peak = max(self.peak, self._rss())
 
 
-def _sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
-def _time(fn: Callable[[], Any], warmup: int, repeats: int, device: torch.device) -> list[float]:
-    for _ in range(warmup):
-        fn()
-    _sync(device)
-    out = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        out.append(time.perf_counter() - t)
-    return out
-
-
 def make_prompts(
     token_stream: torch.Tensor | None, batch: int, length: int, vocab_size: int, seed: int = 0
 ) -> torch.Tensor:
@@ -89,13 +72,6 @@ def make_prompts(
         return token_stream[: batch * length].view(batch, length).clone()
     gen = torch.Generator().manual_seed(seed)
     return torch.randint(0, vocab_size, (batch, length), generator=gen)
-
-
-def model_device(model: nn.Module) -> torch.device:
-    try:
-        return next(model.parameters()).device
-    except StopIteration:
-        return torch.device("cpu")
 
 
 def static_costs(model: nn.Module) -> dict[str, float]:
@@ -120,7 +96,7 @@ class StepClock:
         self.times: list[float] = []
 
     def __call__(self, input_ids: torch.Tensor, scores: torch.Tensor) -> torch.Tensor:
-        _sync(self.device)
+        synchronize(self.device)
         self.times.append(time.perf_counter())
         return scores
 
@@ -142,26 +118,20 @@ def _measure_batch(
 
     def gen(record: bool) -> None:
         clock = StepClock(device)
-        t = time.perf_counter()
-        model.generate(
-            input_ids=prompts,
-            attention_mask=mask,
-            max_new_tokens=cfg.new_tokens,
-            min_new_tokens=cfg.new_tokens,
-            do_sample=False,
-            logits_processor=LogitsProcessorList([clock]),
-            **generate_kwargs,
-        )
-        _sync(device)
+        _, seconds = timed(
+            lambda: model.generate(
+                input_ids=prompts, attention_mask=mask, max_new_tokens=cfg.new_tokens, min_new_tokens=cfg.new_tokens,
+                do_sample=False, logits_processor=LogitsProcessorList([clock]), **generate_kwargs,
+            ),
+            device,
+        )  # fmt: skip
         if record:
-            full.append(time.perf_counter() - t)
+            full.append(seconds)
             # Tokens, not calls: assisted generation may call the processor several times a step.
             if len(clock.times) >= 2:
                 decode.append((clock.times[-1] - clock.times[0]) / (cfg.new_tokens - 1))
 
-    prefill = statistics.median(
-        _time(lambda: model(input_ids=prompts, attention_mask=mask), cfg.warmup, cfg.repeats, device)
-    )
+    prefill = repeat(lambda: model(input_ids=prompts, attention_mask=mask), cfg.repeats, cfg.warmup, device).median
     for _ in range(cfg.warmup):
         gen(record=False)
     for _ in range(cfg.repeats):

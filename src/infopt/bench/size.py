@@ -1,13 +1,18 @@
 """Model size as actually stored, and the bytes and FLOPs each decoded token costs.
 
 Counts every unique parameter and persistent buffer at its real element size, so packed int4
-buffers count as packed and a simulated (de-quantized) model counts as the floats it holds.
+buffers count as packed, a tensor subclass (torchao, quanto) as the inner tensors it holds, and a
+simulated (de-quantized) model as the floats it holds.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
+
+from infopt.models.surgery import parameter_count
 
 
 def _unique_tensors(model: nn.Module) -> dict[int, tuple[str, torch.Tensor]]:
@@ -28,8 +33,26 @@ def _non_persistent_buffers(model: nn.Module) -> set[str]:
     return names
 
 
-def tensor_bytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
+def tensor_bytes(obj: Any, seen: set[int] | None = None) -> int:
+    """Bytes of every tensor reachable from ``obj``: a tensor (a subclass by its inner tensors),
+    lists, tuples, dicts and plain objects (e.g. a KV cache's layers), each tensor counted once."""
+    seen = set() if seen is None else seen
+    if id(obj) in seen:
+        return 0
+    seen.add(id(obj))
+    if isinstance(obj, torch.Tensor):
+        flatten = getattr(obj, "__tensor_flatten__", None)
+        if type(obj) not in (torch.Tensor, nn.Parameter) and callable(flatten):
+            names, _ = flatten()
+            return sum(tensor_bytes(getattr(obj, n), seen) for n in names)
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, (list, tuple)):
+        return sum(tensor_bytes(o, seen) for o in obj)
+    if isinstance(obj, dict):
+        return sum(tensor_bytes(o, seen) for o in obj.values())
+    if hasattr(obj, "__dict__") and not isinstance(obj, (nn.Module, type)):
+        return sum(tensor_bytes(v, seen) for k, v in vars(obj).items() if not k.startswith("__"))
+    return 0
 
 
 def _packed_params_bytes(model: nn.Module) -> int:
@@ -59,12 +82,6 @@ def stored_bytes(model: nn.Module) -> int:
     skip = _non_persistent_buffers(model)
     own = sum(tensor_bytes(t) for name, t in _unique_tensors(model).values() if name not in skip)
     return own + _packed_params_bytes(model)
-
-
-def parameter_count(model: nn.Module) -> int:
-    """Unique parameters (tied embeddings counted once); packed buffers are not parameters."""
-    seen = {p.data_ptr(): p.numel() for p in model.parameters()}
-    return sum(seen.values())
 
 
 def _input_embedding(model: nn.Module) -> torch.Tensor | None:

@@ -13,6 +13,7 @@ from typing import Any, Optional
 from omegaconf import MISSING
 
 from infopt.config.checks import choice, in_range, non_negative, positive
+from infopt.config.exports import FORMATS, check_type
 from infopt.errors import ConfigError
 
 DTYPES = ("float32", "bfloat16", "float16", "auto")
@@ -204,9 +205,7 @@ class TechniqueConfig:
         return getattr(self, "method", None)
 
     def validate(self) -> None:
-        choice("technique.export", self.export, ("none", "hf", "gguf", "compressed_tensors"))
-        from infopt.export.types import check_type
-
+        choice("technique.export", self.export, FORMATS)
         check_type(self.export_type, self.export_float_type, "technique.export_type", "technique.export_float_type")
 
 
@@ -261,10 +260,3 @@ class InfoptConfig:
     def validate(self) -> None:
         for section in (self.model, self.hardware, self.data, self.eval, self.bench, self.logger, self.technique, self.objective):
             section.validate()
-        from infopt.export.types import check_export
-
-        check_export(self.technique)
-        if self.bench.enabled and self.bench.backend != "transformers":
-            from infopt.bench.backends import check_backend
-
-            check_backend(self)

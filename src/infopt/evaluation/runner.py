@@ -21,6 +21,7 @@ from infopt.data.text import TextData
 from infopt.errors import ConfigError
 from infopt.evaluation.local_tasks import LOCAL_TASKS, write_tasks
 from infopt.evaluation.perplexity import token_perplexity
+from infopt.models.surgery import context_length
 
 log = logging.getLogger(__name__)
 
@@ -65,22 +66,36 @@ def _bootstrap_log_ppl_stderr(samples: list[dict[str, Any]], seed: int = 0) -> f
     return math.sqrt(sum((x - mean) ** 2 for x in stats) / (len(stats) - 1))
 
 
+def _quiet_hflm(**kwargs):
+    """lm-eval's HFLM without its per-request progress bars (infopt shows its own phase progress)."""
+    from lm_eval.models.huggingface import HFLM
+
+    class QuietHFLM(HFLM):
+        def loglikelihood(self, requests, disable_tqdm: bool = True):
+            return super().loglikelihood(requests, disable_tqdm=True)
+
+        def loglikelihood_rolling(self, requests, disable_tqdm: bool = True):
+            return super().loglikelihood_rolling(requests, disable_tqdm=True)
+
+        def generate_until(self, requests, disable_tqdm: bool = True):
+            return super().generate_until(requests, disable_tqdm=True)
+
+        def _loglikelihood_tokens(self, requests, disable_tqdm: bool = True, **kwargs):
+            # loglikelihood_rolling asks for a bar per batch of windows, whatever it was given
+            return super()._loglikelihood_tokens(requests, disable_tqdm=True, **kwargs)
+
+    return QuietHFLM(**kwargs)
+
+
 def run_lm_eval(
     model: nn.Module, tokenizer, cfg: EvalConfig, data: TextData, cache_dir: Path
 ) -> dict[str, float]:
     import lm_eval
-    from lm_eval.models.huggingface import HFLM
     from lm_eval.tasks import TaskManager
 
     include = write_tasks(cache_dir, data.corpus.heldout, cfg.analogy_per_section)
-    max_length = cfg.max_length or min(
-        getattr(model.config, "max_position_embeddings", None)
-        or getattr(model.config, "n_positions", 2048),
-        2048,
-    )
-    lm = HFLM(
-        pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size, max_length=max_length
-    )
+    max_length = cfg.max_length or min(context_length(model.config), 2048)
+    lm = _quiet_hflm(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size, max_length=max_length)
     out = lm_eval.simple_evaluate(
         model=lm,
         tasks=list(cfg.tasks),

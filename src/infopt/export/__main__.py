@@ -39,7 +39,7 @@ def load_source(path: Path):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from infopt.export.types import FLOAT_TYPES, GGUF_TYPES
+    from infopt.config.exports import FLOAT_TYPES, GGUF_TYPES
 
     p = argparse.ArgumentParser(prog="python -m infopt.export", description=__doc__.split("\n\n")[0])
     p.add_argument("path", type=Path, help="a run directory (outputs/runs/...) or a model directory")
@@ -65,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         if args.format == "gguf":
-            from infopt.export.types import check_type
+            from infopt.config.exports import check_type
 
             check_type(args.type, args.float_type)  # before the model loads
         model, tokenizer, where = load_source(args.path)

@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from infopt.config.exports import FLOAT_TYPES, GGUF_TYPES, check_type
 from infopt.errors import ConfigError, ResourceError
-from infopt.export.types import FLOAT_TYPES, GGUF_TYPES, check_type
 
 log = logging.getLogger(__name__)
 
@@ -104,7 +104,7 @@ def int_weight(module: nn.Module) -> IntWeight | None:
 
 def module_weight(module: nn.Module) -> np.ndarray:
     """(out, in) float32 weight of any linear layer (Conv1D is stored transposed)."""
-    from infopt.techniques.quantize.core import get_weight
+    from infopt.models.surgery import get_weight
     from infopt.techniques.quantize.modules import Int8Linear, PackedLinear
 
     if isinstance(module, (PackedLinear, Int8Linear)):

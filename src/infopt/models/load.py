@@ -221,3 +221,39 @@ def load_model(
     if dtype != "auto":
         model = model.to(dtype)
     return model.eval()
+
+
+# SmolLM2-135M's shape, for checks before the embedded checkpoint is converted.
+_SMOLLM2 = dict(
+    vocab_size=49152,
+    hidden_size=576,
+    intermediate_size=1536,
+    num_hidden_layers=30,
+    num_attention_heads=9,
+    num_key_value_heads=3,
+    tie_word_embeddings=True,
+)
+
+
+def architecture_config(cfg: ModelConfig, cache_dir: Path | None):
+    """The transformers config of the model under study, without loading weights (None: unknown)."""
+    from transformers import AutoConfig, LlamaConfig
+
+    if cfg.source == "tiny":
+        from infopt.models.tiny import tiny_config
+
+        return tiny_config(cfg.tiny, vocab_size=256)
+    if cfg.source == "embedded":
+        if cache_dir is not None:
+            from infopt.models.embedded import CACHE_NAME
+
+            cached = Path(cache_dir).expanduser() / "models" / CACHE_NAME / "config.json"
+            if cached.is_file():
+                return AutoConfig.from_pretrained(str(cached.parent))
+        return LlamaConfig(**_SMOLLM2)
+    try:
+        return AutoConfig.from_pretrained(
+            cfg.name_or_path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
+        )
+    except Exception:  # not cached and offline: the runtime check in apply() catches it
+        return None

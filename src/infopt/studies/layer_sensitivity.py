@@ -37,19 +37,6 @@ PART_MATCH = {
 }  # child-name substrings: Llama self_attn/mlp, GPT-2 attn/mlp
 
 
-def decoder_layers(model: nn.Module) -> tuple[str, Any]:
-    """(qualified name, ModuleList) of the model's decoder layers."""
-    from torch import nn
-
-    n = getattr(model.config, "num_hidden_layers", None) or getattr(model.config, "n_layer", None)
-    for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) == n:
-            return name, module
-    raise ResourceError(
-        f"layer_sensitivity: no ModuleList of the model's {n} decoder layers found in {type(model).__name__}"
-    )
-
-
 def part_name(layer: nn.Module, part: str) -> str:
     for child, _ in layer.named_children():
         if PART_MATCH[part] in child:
@@ -87,7 +74,6 @@ def heatmap_matrix(
 
 
 class LayerSensitivity(Technique):
-    config_class = LayerSensitivityConfig
     config: LayerSensitivityConfig
 
     def _inner(self):
@@ -133,7 +119,10 @@ class LayerSensitivity(Technique):
         changed.eval()
         full = mean_nll(changed, blocks)
 
-        path, originals = decoder_layers(model)
+        from infopt.models.surgery import decoder_path
+
+        path = decoder_path(model)
+        originals = model.get_submodule(path)
         replacements = changed.get_submodule(path)
         metrics: dict[str, float] = {
             "loss_base": base,

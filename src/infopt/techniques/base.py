@@ -56,9 +56,7 @@ class Applied:
 
 
 class Technique(ABC):
-    """Subclass, set ``config_class``, implement ``apply``; register in ``techniques/registry.py``."""
-
-    config_class: ClassVar[type[TechniqueConfig]] = TechniqueConfig
+    """Subclass, implement ``apply`` (and ``check``); register in ``techniques/registry.py``."""
 
     def __init__(self, config: TechniqueConfig) -> None:
         self.config = config

@@ -22,7 +22,6 @@ class BaselineConfig(TechniqueConfig):
 class Baseline(Technique):
     """Returns the model unchanged (same dense kernels)."""
 
-    config_class = BaselineConfig
 
     def apply(self, model: nn.Module, ctx: RunContext) -> Applied:
         return Applied(model=model, execution="dense")

@@ -45,7 +45,6 @@ def combined_execution(kinds: list[str]) -> str:
 class Pipeline(Technique):
     """Applies ``technique.stages`` in order (or reversed with ``technique.reverse=true``)."""
 
-    config_class = PipelineConfig
     config: PipelineConfig
 
     def _stages(self) -> list[tuple[int, TechniqueConfig, Technique]]:
@@ -57,7 +56,7 @@ class Pipeline(Technique):
                 technique = build(stage_cfg)
             except ConfigError as err:
                 raise ConfigError(f"technique.stages[{index}]: {err}") from None
-            except Exception as err:  # NotImplementedTechnique and friends: name the stage
+            except Exception as err:  # an import error in a technique module: name the stage
                 raise type(err)(f"technique.stages[{index}]: {err}") from None
             out.append((index, stage_cfg, technique))
         return out

@@ -14,15 +14,12 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from infopt.config.schema import TechniqueConfig
-from infopt.errors import ConfigError, NotImplementedTechnique
-
-# Techniques that wrap other techniques: a stage may not be one (no nesting).
-WRAPPERS = ("pipeline", "layer_sensitivity")
+from infopt.errors import ConfigError
 
 
 def build_stage_config(stage: Any, where: str) -> TechniqueConfig:
     """A stage's node (a dict with ``name``) merged onto its technique's schema and validated."""
-    from infopt.techniques.registry import config_class, implemented, names, spec
+    from infopt.techniques.registry import config_class, names, spec
 
     if not isinstance(stage, dict) or not stage.get("name"):
         raise ConfigError(
@@ -30,16 +27,9 @@ def build_stage_config(stage: Any, where: str) -> TechniqueConfig:
             f"{{name: quantize, ...}}; registered techniques: {', '.join(names())}"
         )
     name = stage["name"]
-    if name in WRAPPERS:
-        raise ConfigError(
-            f"{where}.name={name!r}: a {name} cannot be a stage; list its stages directly"
-        )
     cls = config_class(name)  # unknown names raise ConfigError with the valid ones
-    if spec(name).impl is None:
-        # Before the keys are checked: a placeholder schema would reject every real key.
-        raise NotImplementedTechnique(
-            f"{where}: technique={name} is not implemented yet; implemented techniques: {', '.join(implemented())}"
-        )
+    if spec(name).wraps_techniques:  # no nesting
+        raise ConfigError(f"{where}.name={name!r}: a {name} cannot be a stage; list its stages directly")
     try:
         node = OmegaConf.merge(OmegaConf.structured(cls), stage)
         obj = OmegaConf.to_object(node)

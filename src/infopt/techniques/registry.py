@@ -1,8 +1,7 @@
-"""Explicit technique registry: name -> (config schema, implementation).
+"""Explicit technique registry: name -> (config schema, implementation, family).
 
 Names map to import paths so ``--help`` stays fast, but a broken import fails loudly when the
-technique is used, never as "technique not found". A technique listed with ``impl=None`` has a
-config (so it composes) and no implementation yet.
+technique is used, never as "technique not found". A lookup miss names every registered technique.
 """
 
 from __future__ import annotations
@@ -11,19 +10,23 @@ import importlib
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from infopt.errors import ConfigError, NotImplementedTechnique
+from infopt.errors import ConfigError
 
 if TYPE_CHECKING:
     from infopt.config.schema import TechniqueConfig
     from infopt.techniques.base import Technique
+
+# The review's four families, plus the untouched baseline and studies that wrap other techniques.
+FAMILIES = ("baseline", "quantization", "pruning", "distillation", "architecture", "study")
 
 
 @dataclass(frozen=True)
 class TechniqueSpec:
     name: str
     config: str  # "module:ConfigClass"
-    impl: str | None  # "module:TechniqueClass", None = not implemented yet
-    family: str  # baseline | quantization | pruning | distillation | architecture | study
+    impl: str  # "module:TechniqueClass"
+    family: str  # one of FAMILIES
+    wraps_techniques: bool = False  # its config holds other technique nodes (cannot itself be a stage)
 
 
 def _load(path: str) -> type:
@@ -34,10 +37,12 @@ def _load(path: str) -> type:
 _SPECS: dict[str, TechniqueSpec] = {}
 
 
-def register(name: str, *, config: str, impl: str | None, family: str) -> None:
+def register(name: str, *, config: str, impl: str, family: str, wraps_techniques: bool = False) -> None:
     if name in _SPECS:
         raise ValueError(f"technique {name!r} registered twice")
-    _SPECS[name] = TechniqueSpec(name, config, impl, family)
+    if family not in FAMILIES:
+        raise ValueError(f"technique {name!r}: family={family!r}; valid: {FAMILIES}")
+    _SPECS[name] = TechniqueSpec(name, config, impl, family, wraps_techniques)
 
 
 # One line per technique. Keep config modules light: they are imported at start-up.
@@ -46,21 +51,17 @@ register("baseline", config="infopt.techniques.baseline:BaselineConfig", impl="i
 register("quantize", config="infopt.techniques.quantize.config:QuantizeConfig", impl="infopt.techniques.quantize.technique:Quantize", family="quantization")
 register("prune", config="infopt.techniques.prune.config:PruneConfig", impl="infopt.techniques.prune.technique:Prune", family="pruning")
 register("distill", config="infopt.techniques.distill.config:DistillConfig", impl="infopt.techniques.distill.technique:Distill", family="distillation")
-register("attention", config="infopt.techniques.decode.config:AttentionConfig", impl="infopt.techniques.decode.attention:Attention", family="architecture")
-register("kv_cache", config="infopt.techniques.decode.config:KVCacheConfig", impl="infopt.techniques.decode.kv_cache:KVCache", family="architecture")
-register("compile", config="infopt.techniques.decode.config:TorchCompileConfig", impl="infopt.techniques.decode.compile:Compile", family="architecture")
-register("speculative", config="infopt.techniques.decode.config:SpeculativeConfig", impl="infopt.techniques.decode.speculative:Speculative", family="architecture")
-register("pipeline", config="infopt.techniques.pipeline_config:PipelineConfig", impl="infopt.techniques.pipeline:Pipeline", family="study")
-register("layer_sensitivity", config="infopt.studies.layer_sensitivity_config:LayerSensitivityConfig", impl="infopt.studies.layer_sensitivity:LayerSensitivity", family="study")
+register("attention", config="infopt.techniques.architecture.config:AttentionConfig", impl="infopt.techniques.architecture.attention:Attention", family="architecture")
+register("kv_cache", config="infopt.techniques.architecture.config:KVCacheConfig", impl="infopt.techniques.architecture.kv_cache:KVCache", family="architecture")
+register("compile", config="infopt.techniques.architecture.config:TorchCompileConfig", impl="infopt.techniques.architecture.compile:Compile", family="architecture")
+register("speculative", config="infopt.techniques.architecture.config:SpeculativeConfig", impl="infopt.techniques.architecture.speculative:Speculative", family="architecture")
+register("pipeline", config="infopt.techniques.pipeline_config:PipelineConfig", impl="infopt.techniques.pipeline:Pipeline", family="study", wraps_techniques=True)
+register("layer_sensitivity", config="infopt.studies.layer_sensitivity_config:LayerSensitivityConfig", impl="infopt.studies.layer_sensitivity:LayerSensitivity", family="study", wraps_techniques=True)
 # fmt: on
 
 
 def names() -> list[str]:
     return sorted(_SPECS)
-
-
-def implemented() -> list[str]:
-    return sorted(n for n, s in _SPECS.items() if s.impl is not None)
 
 
 def spec(name: str) -> TechniqueSpec:
@@ -74,12 +75,7 @@ def config_class(name: str) -> type[TechniqueConfig]:
 
 
 def technique_class(name: str) -> type[Technique]:
-    s = spec(name)
-    if s.impl is None:
-        raise NotImplementedTechnique(
-            f"technique={name} is not implemented yet; implemented techniques: {', '.join(implemented())}"
-        )
-    return _load(s.impl)
+    return _load(spec(name).impl)
 
 
 def build(config: TechniqueConfig) -> Technique:

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import statistics
 import time
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import lightning as L
@@ -22,6 +23,7 @@ import torch
 from torch import nn
 
 from infopt.errors import ConfigError
+from infopt.models.surgery import hidden_size, num_layers, parameter_count
 from infopt.techniques.base import Applied, Technique
 from infopt.techniques.distill import losses
 from infopt.techniques.distill.config import DistillConfig
@@ -140,8 +142,15 @@ class _StepStats(L.Callback):
             self.wall_s = time.perf_counter() - self.t0
 
 
-def _params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+@dataclass
+class TeacherData:
+    """Training blocks and what the teacher precomputed for them."""
+
+    blocks: torch.Tensor  # (N, seq_len) token ids
+    extras: dict[str, torch.Tensor] | None = None  # cached mode: per-block top-k logits
+    metrics: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    artifacts: dict[str, str] = field(default_factory=dict)
 
 
 def _logit_width(model: nn.Module) -> int:
@@ -152,7 +161,6 @@ def _logit_width(model: nn.Module) -> int:
 class Distill(Technique):
     """Knowledge distillation into a smaller student (see the module docstring)."""
 
-    config_class = DistillConfig
     config: DistillConfig
     needs_data = True
     # The teacher is only read: distillation never modifies the incoming model's weights, so it may
@@ -183,7 +191,7 @@ class Distill(Technique):
     def _student(self, teacher: nn.Module, ctx: RunContext) -> tuple[nn.Module, list[int] | None]:
         s = self.config.student
         if s.init == "from_teacher":
-            from infopt.techniques.distill.student import build_from_teacher, chosen_layers, num_layers
+            from infopt.techniques.distill.student import build_from_teacher, chosen_layers
 
             total = num_layers(teacher)
             layers = chosen_layers(total, s.layer_stride, s.layers)
@@ -224,9 +232,6 @@ class Distill(Technique):
     # --- apply ----------------------------------------------------------------------------------
 
     def apply(self, model: nn.Module, ctx: RunContext) -> Applied:
-        from infopt.training.data import BlockDataModule, BlockDataset
-        from infopt.training.trainer import build_trainer, fit
-
         cfg = self.config
         teacher = model.eval()
         seq_len = cfg.train.seq_len or ctx.cfg.data.seq_len
@@ -238,67 +243,13 @@ class Distill(Technique):
             raise ConfigError(
                 f"teacher and student logits ({widths[0]} and {widths[1]} wide) do not cover the tokenizer's {vocab} tokens"
             )
-        notes: list[str] = []
-        metrics: dict[str, float] = {}
-        artifacts: dict[str, str] = {}
-
-        train_blocks = self._train_blocks(ctx, seq_len)
+        data = self._teacher_data(teacher, ctx, seq_len)
         val_blocks = ctx.data.heldout_blocks(seq_len)
-        extras = None
-        t = time.perf_counter()
-        if cfg.data.mode == "cached" and cfg.loss.needs_teacher_logits:
-            from infopt.techniques.distill.cache import topk_logits
-
-            extras, path, hit = topk_logits(
-                teacher, train_blocks, cfg.data.top_k, ctx.cache_dir, cfg.data.gen_batch_size
-            )
-            artifacts["teacher_topk"] = str(path)
-            metrics["cache_hit"] = float(hit)
-            notes.append(
-                f"cached mode: teacher top-{cfg.data.top_k} logits {'reused from' if hit else 'computed into'} {path.name}; "
-                "divergences over top-k + rest buckets (exact at T=1)"
-            )
-        elif cfg.data.mode == "sequence":
-            from infopt.techniques.distill.cache import teacher_sequences
-
-            train_blocks, path, hit = teacher_sequences(
-                teacher, train_blocks, cfg.data.prompt_len, seq_len, ctx.cache_dir,
-                count=cfg.data.num_sequences, sample=cfg.data.sample, seed=cfg.train.seed,
-                batch_size=cfg.data.gen_batch_size, pad_token_id=ctx.tokenizer.pad_token_id,
-            )  # fmt: skip
-            artifacts["teacher_sequences"] = str(path)
-            metrics["cache_hit"] = float(hit)
-            notes.append(
-                f"sequence mode: {train_blocks.shape[0]} teacher continuations of {cfg.data.prompt_len}-token prompts"
-            )
-        metrics["teacher_data_s"] = time.perf_counter() - t
-        if train_blocks.shape[0] < cfg.train.batch_size:
-            raise ConfigError(
-                f"{train_blocks.shape[0]} training blocks of {seq_len} tokens < technique.train.batch_size={cfg.train.batch_size}"
-            )
-
         # The teacher's loss on exactly the held-out blocks the student's val/loss is computed on.
         n_val = cfg.train.val_batches * cfg.train.batch_size
-        metrics["teacher_val_loss"] = _mean_lm_loss(teacher, val_blocks[:n_val], cfg.train.batch_size, vocab)
-        hidden_pairs = self._hidden_pairs(teacher, student, layers) if cfg.loss.hidden else None
-        needs_teacher = cfg.loss.hidden > 0 or (cfg.loss.needs_teacher_logits and extras is None)
-        if cfg.train.lora.enabled:
-            from infopt.training.lora import apply_lora
-
-            student = apply_lora(student, cfg.train.lora)
-        module = DistillModule(
-            student, teacher if needs_teacher else None, cfg, vocab, hidden_pairs,
-            (_hidden_width(student), _hidden_width(teacher)),
-        )  # fmt: skip
-        datamodule = BlockDataModule(
-            BlockDataset(train_blocks, extras), BlockDataset(val_blocks), cfg.train.batch_size,
-            seed=cfg.train.seed, accumulate=cfg.train.accumulate,
-        )  # fmt: skip
-        stats = _StepStats()
-        trainer = build_trainer(
-            ctx.cfg.hardware, cfg.train, ctx.output_dir, logger=ctx.logger.lightning_logger(), callbacks=[stats]
-        )
-        resumed = fit(trainer, module, datamodule, ctx.output_dir, resume=cfg.train.resume)
+        data.metrics["teacher_val_loss"] = _mean_lm_loss(teacher, val_blocks[:n_val], cfg.train.batch_size, vocab)
+        module = self._module(teacher, student, layers, data.extras is None, vocab)
+        trainer, stats, resumed = self._fit(module, data, val_blocks, ctx)
         student = module.model
         if cfg.train.lora.enabled:
             from infopt.training.lora import merge_lora
@@ -307,51 +258,99 @@ class Distill(Technique):
         student = student.eval()
         for p in student.parameters():
             p.requires_grad_(False)
-
-        cm = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
-        devices = max(1, int(getattr(trainer, "world_size", 1)))
-        # Under ddp_spawn the main process gets the weights and metrics back, not the loop counters.
-        steps = trainer.global_step or (cfg.train.max_steps if trainer.state.finished else 0)
-        tokens = cfg.train.max_steps * cfg.train.batch_size * cfg.train.accumulate * seq_len * devices
-        metrics.update(
-            {
-                "teacher_params": float(_params(teacher)),
-                "student_params": float(_params(student)),
-                "param_ratio": _params(student) / _params(teacher),
-                "student_layers": float(getattr(student.config, "num_hidden_layers", 0)),
-                "train_tokens": float(tokens),
-                "train_wall_s": stats.wall_s,
-                "train_steps": float(steps),
-                "resumed": float(resumed is not None),
-            }
-        )
-        if stats.tokens_per_s:
-            metrics["train_tokens_per_s_median"] = statistics.median(stats.tokens_per_s)
-        for key in (
-            "train/loss",
-            "val/loss",
-            "train/ce",
-            "train/forward_kl",
-            "train/reverse_kl",
-            "train/gjs",
-            "train/skew_kl",
-            "train/hidden",
-        ):
-            if key in cm:
-                metrics[key.replace("/", "_")] = cm[key]
+        metrics = {**data.metrics, **self._train_metrics(teacher, student, trainer, stats, resumed, seq_len)}
+        artifacts = dict(data.artifacts)
         if cfg.save_student:
             from infopt.models.save import save_hf
 
             artifacts["student"] = str(save_hf(student, ctx.tokenizer, ctx.output_dir / "student"))
-        notes.append(
+        data.notes.append(
             f"student: {metrics['student_layers']:.0f} layers, {metrics['param_ratio']:.2f}x the teacher's parameters, "
             f"{cfg.data.mode} mode, loss {cfg.loss.weights()}"
         )
-        return Applied(model=student, execution="dense", metrics=metrics, notes=notes, artifacts=artifacts)
+        return Applied(model=student, execution="dense", metrics=metrics, notes=data.notes, artifacts=artifacts)
+
+    def _teacher_data(self, teacher: nn.Module, ctx: RunContext, seq_len: int) -> TeacherData:
+        """The training blocks, with the teacher's signal where it is precomputed (cached logits, sequences)."""
+        from infopt.techniques.distill import cache
+
+        cfg = self.config
+        out = TeacherData(self._train_blocks(ctx, seq_len))
+        t = time.perf_counter()
+        if cfg.data.mode == "cached" and cfg.loss.needs_teacher_logits:
+            out.extras, path, hit = cache.topk_logits(teacher, out.blocks, cfg.data.top_k, ctx.cache_dir, cfg.data.gen_batch_size)
+            out.artifacts["teacher_topk"] = str(path)
+            out.notes.append(
+                f"cached mode: teacher top-{cfg.data.top_k} logits {'reused from' if hit else 'computed into'} {path.name}; "
+                "divergences over top-k + rest buckets (exact at T=1)"
+            )
+            out.metrics["cache_hit"] = float(hit)
+        elif cfg.data.mode == "sequence":
+            out.blocks, path, hit = cache.teacher_sequences(
+                teacher, out.blocks, cfg.data.prompt_len, seq_len, ctx.cache_dir,
+                count=cfg.data.num_sequences, sample=cfg.data.sample, seed=cfg.train.seed,
+                batch_size=cfg.data.gen_batch_size, pad_token_id=ctx.tokenizer.pad_token_id,
+            )  # fmt: skip
+            out.artifacts["teacher_sequences"] = str(path)
+            out.notes.append(f"sequence mode: {out.blocks.shape[0]} teacher continuations of {cfg.data.prompt_len}-token prompts")
+            out.metrics["cache_hit"] = float(hit)
+        out.metrics["teacher_data_s"] = time.perf_counter() - t
+        if out.blocks.shape[0] < cfg.train.batch_size:
+            raise ConfigError(
+                f"{out.blocks.shape[0]} training blocks of {seq_len} tokens < technique.train.batch_size={cfg.train.batch_size}"
+            )
+        return out
+
+    def _module(
+        self, teacher: nn.Module, student: nn.Module, layers: list[int] | None, online: bool, vocab: int
+    ) -> DistillModule:
+        cfg = self.config
+        hidden_pairs = self._hidden_pairs(teacher, student, layers) if cfg.loss.hidden else None
+        needs_teacher = cfg.loss.hidden > 0 or (cfg.loss.needs_teacher_logits and online)
+        if cfg.train.lora.enabled:
+            from infopt.training.lora import apply_lora
+
+            student = apply_lora(student, cfg.train.lora)
+        widths = (hidden_size(student.config), hidden_size(teacher.config))
+        return DistillModule(student, teacher if needs_teacher else None, cfg, vocab, hidden_pairs, widths)
+
+    def _fit(self, module: DistillModule, data: TeacherData, val_blocks: torch.Tensor, ctx: RunContext):
+        from infopt.training.data import BlockDataModule, BlockDataset
+        from infopt.training.trainer import build_trainer, fit
+
+        train = self.config.train
+        datamodule = BlockDataModule(
+            BlockDataset(data.blocks, data.extras), BlockDataset(val_blocks), train.batch_size,
+            seed=train.seed, accumulate=train.accumulate,
+        )  # fmt: skip
+        stats = _StepStats()
+        trainer = build_trainer(ctx.cfg.hardware, train, ctx.output_dir, logger=ctx.logger.lightning_logger(), callbacks=[stats])
+        resumed = fit(trainer, module, datamodule, ctx.output_dir, resume=train.resume)
+        return trainer, stats, resumed
+
+    def _train_metrics(self, teacher, student, trainer, stats: _StepStats, resumed, seq_len: int) -> dict[str, float]:
+        train = self.config.train
+        cm = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+        devices = max(1, int(getattr(trainer, "world_size", 1)))
+        # Under ddp_spawn the main process gets the weights and metrics back, not the loop counters.
+        steps = trainer.global_step or (train.max_steps if trainer.state.finished else 0)
+        metrics = {
+            "teacher_params": float(parameter_count(teacher)),
+            "student_params": float(parameter_count(student)),
+            "param_ratio": parameter_count(student) / parameter_count(teacher),
+            "student_layers": float(getattr(student.config, "num_hidden_layers", 0)),
+            "train_tokens": float(train.max_steps * train.batch_size * train.accumulate * seq_len * devices),
+            "train_wall_s": stats.wall_s,
+            "train_steps": float(steps),
+            "resumed": float(resumed is not None),
+        }
+        if stats.tokens_per_s:
+            metrics["train_tokens_per_s_median"] = statistics.median(stats.tokens_per_s)
+        logged = ("train/loss", "val/loss", *(f"train/{t}" for t in ("ce", *KD_TERMS, "hidden")))
+        metrics.update({k.replace("/", "_"): cm[k] for k in logged if k in cm})
+        return metrics
 
     def _hidden_pairs(self, teacher: nn.Module, student: nn.Module, layers: list[int] | None) -> list[tuple[int, int]]:
-        from infopt.techniques.distill.student import num_layers
-
         n_s, n_t = num_layers(student), num_layers(teacher)
         mapping = self.config.loss.hidden_layers
         if mapping is not None:
@@ -376,10 +375,6 @@ def _mean_lm_loss(model: nn.Module, blocks: torch.Tensor, batch_size: int, vocab
         for b in blocks.split(batch_size)
     ]
     return sum(values) / max(1, len(values))
-
-
-def _hidden_width(model: nn.Module) -> int:
-    return int(getattr(model.config, "hidden_size", None) or model.config.n_embd)
 
 
 def check_same_vocabulary(teacher_tok: Any, student_tok: Any) -> None:

@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from infopt.console import progress
 from infopt.errors import ConfigError
 from infopt.techniques.base import Applied, Technique
 from infopt.techniques.prune.config import PruneConfig
@@ -36,20 +37,15 @@ MASKED_DENSE_NOTE = (
 
 def target_layers(model: nn.Module, c: PruneConfig) -> dict[str, nn.Module]:
     """Linear/Conv1D layers inside the decoder blocks selected by include/ignore, by full name."""
-    from infopt.techniques.quantize.core import is_linear
-    from infopt.techniques.quantize.layerwise import decoder_layers
+    from infopt.models.surgery import decoder_path, linear_layers
 
-    blocks = decoder_layers(model)
-    prefix = next(n for n, m in model.named_modules() if m is blocks)
-    out = {}
-    for name, module in model.named_modules():
-        if name.startswith(prefix + ".") and is_linear(module) and c.targets(name):
-            out[name] = module
-    return out
+    path = decoder_path(model)
+    inside = linear_layers(model.get_submodule(path), prefix=f"{path}.")
+    return {name: module for name, module in inside.items() if c.targets(name)}
 
 
 def layer_sparsity(model: nn.Module, names: list[str]) -> dict[str, float]:
-    from infopt.techniques.quantize.core import get_weight
+    from infopt.models.surgery import get_weight
 
     return {n: float((get_weight(model.get_submodule(n)) == 0).float().mean()) for n in names}
 
@@ -57,7 +53,6 @@ def layer_sparsity(model: nn.Module, names: list[str]) -> dict[str, float]:
 class Prune(Technique):
     """Magnitude / Wanda / SparseGPT (unstructured, N:M) and structured pruning; see ``PruneConfig``."""
 
-    config_class = PruneConfig
     needs_data = True
     needs_float_weights = True
     config: PruneConfig
@@ -65,7 +60,7 @@ class Prune(Technique):
     def check(self, cfg: InfoptConfig) -> None:
         c = self.config
         if c.structured.target != "none":
-            from infopt.techniques.quantize.technique import architecture_config
+            from infopt.models.load import architecture_config
 
             arch = architecture_config(
                 cfg.model, Path(cfg.paths.cache_dir) if isinstance(cfg.paths.cache_dir, str) else None
@@ -89,12 +84,12 @@ class Prune(Technique):
     def apply(self, model: nn.Module, ctx: RunContext) -> Applied:
         import torch
 
-        from infopt.techniques.prune.structured import count_params
+        from infopt.models.surgery import parameter_count
 
         c = self.config
         metrics: dict[str, float] = {}
         notes: list[str] = []
-        params_before = count_params(model)
+        params_before = parameter_count(model)
         t0, cpu0 = time.perf_counter(), time.process_time()
         with torch.no_grad():
             if c.structured.target == "none":
@@ -106,7 +101,7 @@ class Prune(Technique):
         # CPU seconds of this process (all threads): less sensitive than wall time to other jobs' load.
         metrics["prune_cpu_s"] = time.process_time() - cpu0
         metrics["params_before"] = float(params_before)
-        metrics["params_after"] = float(count_params(model))
+        metrics["params_after"] = float(parameter_count(model))
         metrics["params_ratio"] = metrics["params_after"] / max(params_before, 1)
 
         stages: list[dict[str, Any]] = []
@@ -165,7 +160,7 @@ class Prune(Technique):
         }
 
     def _achieved(self, model: nn.Module, masks: dict[str, torch.Tensor]) -> float:
-        from infopt.techniques.quantize.core import get_weight
+        from infopt.models.surgery import get_weight
 
         zeros = sum(int((get_weight(model.get_submodule(n)) == 0).sum()) for n in masks)
         total = sum(m.numel() for m in masks.values())
@@ -184,7 +179,7 @@ class Prune(Technique):
             raise ConfigError(f"technique.include={list(c.include)} / ignore={list(c.ignore)} leave no layer to prune")
         nm = c.nm_pair
         if nm is not None:
-            from infopt.techniques.quantize.core import get_weight
+            from infopt.models.surgery import get_weight
 
             bad = {n: get_weight(m).shape[1] for n, m in layers.items() if get_weight(m).shape[1] % nm[1]}
             if bad:
@@ -200,11 +195,11 @@ class Prune(Technique):
             for n, m in layers.items():
                 U.apply_mask(m, masks[n])
         else:
-            from infopt.techniques.quantize.layerwise import LayerwiseRunner
+            from infopt.calibration import LayerwiseRunner
 
             runner = LayerwiseRunner(model, self._calibration(ctx), c.calibration_batch_size)
             masks = U.prune_sequential(
-                runner, layers, c.method, c.sparsity, nm, c.sparsegpt_damp, c.sparsegpt_block_size, log.info
+                runner, layers, c.method, c.sparsity, nm, c.sparsegpt_damp, c.sparsegpt_block_size, progress
             )
             del runner
         metrics["layers_pruned"] = float(len(masks))
@@ -223,6 +218,7 @@ class Prune(Technique):
         return masks, execution
 
     def _structured(self, model, ctx, metrics, notes) -> None:
+        from infopt.models import surgery
         from infopt.techniques.prune import structured as S
 
         c = self.config
@@ -230,24 +226,21 @@ class Prune(Technique):
         n_remove = S.units_removed(model.config, s)
         if s.target == "layers":
             bi = S.block_influence(model, self._calibration(ctx), c.calibration_batch_size)
-            drop = sorted(int(i) for i in torch_topk_smallest(bi, n_remove))
-            S.remove_layers(model, drop)
+            drop = sorted(torch_topk_smallest(bi, n_remove))
+            surgery.keep_layers(model, [i for i in range(len(bi)) if i not in drop])
             metrics["layers_removed"] = float(len(drop))
+            metrics.update({f"block_influence/{i}": v for i, v in enumerate(bi.tolist())})
             notes.append(f"removed decoder layers {drop} (lowest ShortGPT block influence)")
-            for i, v in enumerate(bi.tolist()):
-                metrics[f"block_influence/{i}"] = v
             if getattr(model.config, "scale_attn_by_inverse_layer_idx", False):
                 notes.append("scale_attn_by_inverse_layer_idx is on: renumbered layers scale attention differently")
             return
-        layers = S.decoder_layers(model)
         if s.importance == "magnitude":
-            scores = [S.magnitude_importance(layer, model.config, s.target) for layer in layers]
+            scores = [S.magnitude_importance(layer, model.config, s.target) for layer in surgery.decoder_layers(model)]
         else:
             scores = S.calibration_importance(
                 model, self._calibration(ctx), c.calibration_batch_size, s.target, s.importance
             )
-        keeps = [S.keep_units(sc, n_remove) for sc in scores]
-        S.remove_units(model, s.target, keeps)
+        surgery.narrow_units(model, s.target, [surgery.keep_top(sc, sc.numel() - n_remove) for sc in scores])
         metrics[f"{s.target}_removed_per_layer"] = float(n_remove)
         notes.append(
             f"structured: removed {n_remove} {s.target} per layer by {s.importance} importance; dense kernels on a smaller model"
@@ -299,7 +292,7 @@ class Prune(Technique):
         return model
 
 
-def torch_topk_smallest(values, k: int):
+def torch_topk_smallest(values, k: int) -> list[int]:
     import torch
 
-    return torch.topk(values, k, largest=False).indices.tolist()
+    return [int(i) for i in torch.topk(values, k, largest=False).indices.tolist()]

@@ -24,8 +24,8 @@ from contextlib import contextmanager
 import torch
 from torch import nn
 
-from infopt.techniques.quantize.core import get_weight, set_weight
-from infopt.techniques.quantize.gptq import HessianAccumulator, _block_prefix
+from infopt.calibration import ColumnNorms, HessianAccumulator, LayerwiseRunner, collect, sequential
+from infopt.models.surgery import get_weight, set_weight
 
 
 def mask_from_scores(scores: torch.Tensor, sparsity: float, nm: tuple[int, int] | None) -> torch.Tensor:
@@ -74,22 +74,6 @@ def global_magnitude_masks(layers: dict[str, nn.Module], sparsity: float) -> dic
 def apply_mask(module: nn.Module, mask: torch.Tensor) -> None:
     with torch.no_grad():
         set_weight(module, get_weight(module) * mask.to(module.weight.dtype))
-
-
-class ColumnNorms:
-    """Running sum of squares of each input column over calibration tokens (Wanda's ||X_j||^2)."""
-
-    def __init__(self, in_features: int, device: torch.device) -> None:
-        self.sq = torch.zeros(in_features, device=device)
-        self.n = 0
-
-    def add(self, x: torch.Tensor) -> None:
-        self.sq += x.float().pow(2).sum(0)
-        self.n += x.shape[0]
-
-    @property
-    def norm(self) -> torch.Tensor:
-        return self.sq.sqrt()
 
 
 def wanda_scores(w: torch.Tensor, col_norm: torch.Tensor) -> torch.Tensor:
@@ -172,7 +156,7 @@ def _sparsegpt_sweep(W, Hinv, mask, sparsity, nm, block_size) -> None:
 
 @torch.no_grad()
 def prune_sequential(
-    runner,
+    runner: LayerwiseRunner,
     layers: dict[str, nn.Module],
     method: str,
     sparsity: float,
@@ -182,41 +166,22 @@ def prune_sequential(
     log=None,
 ) -> dict[str, torch.Tensor]:
     """Wanda or SparseGPT on the targeted layers inside the decoder blocks, block by block."""
-    from infopt.techniques.quantize.gptq import shared_hessians
-    from infopt.techniques.quantize.layerwise import input_hooks
-
     masks: dict[str, torch.Tensor] = {}
-    prefix = _block_prefix(runner)
-    for idx, block in runner.blocks():
-        names = {f"{prefix}{idx}.{n}": m for n, m in block.named_modules()}
-        mine = {n: names[n] for n in names if n in layers}
-        if not mine:
-            runner.run(block, update=True)
-            continue
-        if method == "sparsegpt":
-            acc: dict[str, HessianAccumulator] = shared_hessians(runner, block, mine)
-            for n, mod in mine.items():
-                w, mask = sparsegpt_prune(get_weight(mod), acc[n].H, sparsity, nm, damp, block_size)
-                set_weight(mod, w)
-                masks[n] = mask
-            del acc
-        else:  # wanda: one set of column norms per layer
-            norms: dict[str, ColumnNorms] = {}
 
-            def add(name: str, x: torch.Tensor, norms: dict[str, ColumnNorms] = norms) -> None:
-                if name not in norms:
-                    norms[name] = ColumnNorms(x.shape[1], x.device)
-                norms[name].add(x)
+    def sparsegpt_block(_idx: int, block: nn.Module, mine: dict[str, nn.Module]) -> None:
+        hessians = collect(runner, block, mine, HessianAccumulator)
+        for n, mod in mine.items():
+            w, masks[n] = sparsegpt_prune(get_weight(mod), hessians[n].H, sparsity, nm, damp, block_size)
+            set_weight(mod, w)
 
-            with input_hooks(mine, add):
-                runner.run(block)
-            for n, mod in mine.items():
-                mask = mask_from_scores(wanda_scores(get_weight(mod), norms[n].norm), sparsity, nm)
-                apply_mask(mod, mask)
-                masks[n] = mask
-        runner.run(block, update=True)  # the pruned block's outputs feed the next block
-        if log is not None:
-            log(f"{method}: block {idx + 1}/{len(runner.layers)}")
+    def wanda_block(_idx: int, block: nn.Module, mine: dict[str, nn.Module]) -> None:
+        norms = collect(runner, block, mine, ColumnNorms)
+        for n, mod in mine.items():
+            masks[n] = mask_from_scores(wanda_scores(get_weight(mod), norms[n].norm), sparsity, nm)
+            apply_mask(mod, masks[n])
+
+    process = sparsegpt_block if method == "sparsegpt" else wanda_block
+    sequential(runner, process, targets=set(layers), label=method, log=log)
     missing = set(layers) - set(masks)
     if missing:  # outside the decoder blocks: no calibration inputs were seen there
         raise ValueError(f"{method}: layers outside the decoder blocks cannot be calibrated: {sorted(missing)}")

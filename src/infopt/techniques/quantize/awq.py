@@ -13,8 +13,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from infopt.techniques.quantize.core import QuantizedWeight, QuantSpec, get_weight, rtn_quantize
-from infopt.techniques.quantize.layerwise import input_hooks, smoothing_groups
+from infopt.calibration import LayerwiseRunner, TokenSample, collect, sequential
+from infopt.models.surgery import get_weight, input_groups
+from infopt.techniques.quantize.core import QuantizedWeight, QuantSpec, rtn_quantize
 from infopt.techniques.quantize.smoothquant import fold_scale
 
 
@@ -45,45 +46,30 @@ def search_scale(
 
 @torch.no_grad()
 def quantize_awq(
-    runner, layers: dict[str, tuple[nn.Module, QuantSpec]], grid: int, max_tokens: int, log=None
+    runner: LayerwiseRunner, layers: dict[str, tuple[nn.Module, QuantSpec]], grid: int, max_tokens: int, log=None
 ) -> tuple[dict[str, QuantizedWeight], dict[str, float]]:
-    from infopt.techniques.quantize.gptq import _block_prefix
+    """Per block: search and fold each input group's scale, then round the block's layers (RTN)."""
     from infopt.techniques.quantize.rtn import quantize_rtn
 
-    prefix = _block_prefix(runner)
     result: dict[str, QuantizedWeight] = {}
     alphas: list[float] = []
     gains: list[float] = []
-    done: set[str] = set()
-    for idx, block in runner.blocks():
+
+    def process(idx: int, block: nn.Module, mine: dict[str, nn.Module]) -> None:
+        prefix = f"{runner.prefix}{idx}."
         names = dict(block.named_modules())
-        full = {n: f"{prefix}{idx}.{n}" for n in names}
-        groups = [
-            (p, [n for n in lins if full[n] in layers], k) for p, lins, k in smoothing_groups(block)
-        ]
+        groups = [(p, [n for n in lins if prefix + n in layers], k) for p, lins, k in input_groups(block)]
         groups = [g for g in groups if g[1]]
-        firsts = {lins[0]: names[lins[0]] for _, lins, _ in groups}
-        xs: dict[str, list[torch.Tensor]] = {n: [] for n in firsts}
-
-        def grab(name: str, x: torch.Tensor, xs=xs) -> None:
-            have = sum(t.shape[0] for t in xs[name])
-            if have < max_tokens:
-                xs[name].append(x[: max_tokens - have].float().clone())
-
-        with input_hooks(firsts, grab):
-            runner.run(block)
+        samples = collect(runner, block, {lins[0]: names[lins[0]] for _, lins, _ in groups}, TokenSample.of(max_tokens))
         for prev, lins, kind in groups:
-            mods = [(names[n], layers[full[n]][1]) for n in lins]
-            s, a, gain = search_scale(torch.cat(xs[lins[0]]), mods, grid)
+            mods = [(names[n], layers[prefix + n][1]) for n in lins]
+            s, a, gain = search_scale(samples[lins[0]].value, mods, grid)
             fold_scale(prev, kind, [m for m, _ in mods], s)
             alphas.append(a)
             gains.append(gain)
-        mine = {full[n]: layers[full[n]] for n in names if full[n] in layers}
-        result.update(quantize_rtn(mine))
-        done.update(mine)
-        runner.run(block, update=True)
-        if log is not None:
-            log(f"awq: block {idx + 1}/{len(runner.layers)}")
+        result.update(quantize_rtn({n: layers[n] for n in mine}))
+
+    done = sequential(runner, process, targets=set(layers), label="awq", log=log)
     result.update(quantize_rtn({n: v for n, v in layers.items() if n not in done}))
     stats = {
         "awq_mean_alpha": sum(alphas) / max(len(alphas), 1),

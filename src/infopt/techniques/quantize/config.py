@@ -145,6 +145,33 @@ class QuantizeConfig(TechniqueConfig):
         positive("technique.awq_max_tokens", self.awq_max_tokens)
         in_range("technique.smoothquant_alpha", self.smoothquant_alpha, 0.0, 1.0)
         non_negative("technique.llm_int8_threshold", self.llm_int8_threshold)
+        self._check_export()
+
+    def _check_export(self) -> None:
+        """Export settings the quantized layers cannot meet (the rules ``gguf.auto_type`` and the
+        compressed-tensors writer apply), caught before the model loads."""
+        export, group = self.export, self.group_size
+        if export not in ("gguf", "compressed_tensors") or self.method not in ("rtn", "gptq", "awq"):
+            return
+        if self.method == "gptq" and self.gptq_act_order and group > 0:
+            raise ConfigError(
+                f"technique.export={export} with technique.method=gptq, gptq_act_order=true and group_size={group}: "
+                "act-order groups permute the columns and have no block layout in this format; "
+                "set technique.gptq_act_order=false (or technique.group_size=-1)"
+            )
+        if export == "gguf" and self.export_type == "auto":
+            if group > 0 and group % 32:
+                raise ConfigError(
+                    f"technique.export=gguf with technique.group_size={group}: GGUF blocks hold 32 weights, so the codes "
+                    "map exactly only for a group size that is a multiple of 32 (or -1 / 0); "
+                    "set technique.group_size=32 or 64, or technique.export_type=q4_0|q8_0|... to round again"
+                )
+            if self.weight_bits > 5 and not self.symmetric:
+                raise ConfigError(
+                    f"technique.export=gguf with technique.bits={self.weight_bits} asymmetric: no GGUF block type holds "
+                    f"{self.weight_bits}-bit codes with a zero point; set technique.symmetric=true (Q8_0) or "
+                    "technique.export_type=q8_0 to round again"
+                )
 
 
 def _bits(key: str, value: int) -> None:

@@ -1,18 +1,18 @@
-"""Shared quantizer core: scales and zero points, quantize / de-quantize, bit packing, layers.
+"""Shared quantizer core: scales and zero points, quantize / de-quantize, bit packing, targeted layers.
 
-Weights are handled as (out, in) matrices whatever the module stores: GPT-2's ``Conv1D`` keeps
-(in, out) and is read and written through its transpose. Scales are rounded to float16 when they
-are computed, so the simulated model, the packed export and its reload use the same numbers.
+Weights are (out, in) matrices whatever the module stores (``models.surgery.get_weight``). Scales
+are rounded to float16 when they are computed, so the simulated model, the packed export and its
+reload use the same numbers.
 """
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import torch
 from torch import nn
-from transformers.pytorch_utils import Conv1D
+
+from infopt.models.surgery import linear_layers
 
 
 @dataclass(frozen=True)
@@ -29,34 +29,10 @@ class QuantSpec:
 # --- layers ---------------------------------------------------------------------------------
 
 
-def is_linear(module: nn.Module) -> bool:
-    return isinstance(module, (nn.Linear, Conv1D))
-
-
-def get_weight(module: nn.Module) -> torch.Tensor:
-    """(out, in) view of the weight (Conv1D stores (in, out))."""
-    return module.weight.t() if isinstance(module, Conv1D) else module.weight
-
-
-def set_weight(module: nn.Module, w: torch.Tensor) -> None:
-    """Write an (out, in) matrix back in the module's own layout and dtype."""
-    target = module.weight
-    w = w.t() if isinstance(module, Conv1D) else w
-    with torch.no_grad():
-        target.copy_(w.to(target.dtype))
-
-
-def in_out(module: nn.Module) -> tuple[int, int]:
-    out_f, in_f = get_weight(module).shape
-    return in_f, out_f
-
-
 def find_layers(model: nn.Module, cfg) -> dict[str, tuple[nn.Module, QuantSpec]]:
     """Targeted Linear/Conv1D layers by name with their spec; ``cfg`` is a QuantizeConfig."""
     out: dict[str, tuple[nn.Module, QuantSpec]] = {}
-    for name, module in model.named_modules():
-        if not is_linear(module):
-            continue
+    for name, module in linear_layers(model).items():
         ov = cfg.layer_settings(name)
         if ov is not None and ov.skip:
             continue
@@ -96,14 +72,6 @@ def check_group_sizes(shapes: dict[str, int], cfg) -> None:
                 f"{key}={g} does not divide the input width {in_f} of layer {name}; "
                 f"allowed: -1 (per channel), 0 (per tensor) or a divisor of every targeted width {widths}, e.g. {valid[-6:]}"
             )
-
-
-def layer_input_widths(model: nn.Module) -> dict[str, int]:
-    return {name: in_out(m)[0] for name, m in model.named_modules() if is_linear(m)}
-
-
-def matches(name: str, patterns: list[str]) -> bool:
-    return any(re.search(p, name) for p in patterns)
 
 
 # --- quantization ---------------------------------------------------------------------------

@@ -12,35 +12,12 @@ inputs are the outputs of the already-quantized blocks before it.
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
-from infopt.techniques.quantize.core import (
-    QuantizedWeight,
-    QuantSpec,
-    get_weight,
-    qparams,
-    quantize,
-    set_weight,
-)
-
-
-class HessianAccumulator:
-    """Running H = 2/n sum x x^T over the (N, in) inputs a layer sees."""
-
-    def __init__(self, in_features: int, device: torch.device) -> None:
-        self.H = torch.zeros(in_features, in_features, device=device)
-        self.n = 0
-
-    def add(self, x: torch.Tensor) -> None:
-        x = x.float()  # (N, in)
-        n = x.shape[0]
-        self.H *= self.n / (self.n + n)
-        self.n += n
-        x = math.sqrt(2 / self.n) * x
-        self.H += x.t() @ x
+from infopt.calibration import HessianAccumulator, LayerwiseRunner, collect, sequential
+from infopt.models.surgery import get_weight, set_weight
+from infopt.techniques.quantize.core import QuantizedWeight, QuantSpec, qparams, quantize
 
 
 @torch.no_grad()
@@ -127,7 +104,7 @@ def gptq_quantize(
 
 @torch.no_grad()
 def quantize_gptq(
-    runner,
+    runner: LayerwiseRunner,
     layers: dict[str, tuple[nn.Module, QuantSpec]],
     damp: float,
     block_size: int,
@@ -139,65 +116,15 @@ def quantize_gptq(
 
     result: dict[str, QuantizedWeight] = {}
     losses: dict[str, float] = {}
-    done: set[str] = set()
-    prefix = _block_prefix(runner)
-    for idx, block in runner.blocks():
-        names = {f"{prefix}{idx}.{n}": m for n, m in block.named_modules()}
-        mine = {n: names[n] for n in names if n in layers}
-        if not mine:
-            runner.run(block, update=True)
-            continue
-        acc = shared_hessians(runner, block, mine)
+
+    def process(_idx: int, block: nn.Module, mine: dict[str, nn.Module]) -> None:
+        hessians = collect(runner, block, mine, HessianAccumulator)
         for n, m in mine.items():
-            qw, loss = gptq_quantize(
-                get_weight(m), acc[n].H, layers[n][1], damp, block_size, act_order
-            )
+            qw, loss = gptq_quantize(get_weight(m), hessians[n].H, layers[n][1], damp, block_size, act_order)
             set_weight(m, qw.dequantize())
             result[n], losses[n] = qw, loss
-            done.add(n)
-        del acc
-        runner.run(block, update=True)  # the quantized block's outputs feed the next block
-        if log is not None:
-            log(f"gptq: block {idx + 1}/{len(runner.layers)}")
+
+    done = sequential(runner, process, targets=set(layers), label="gptq", log=log)
     rest = {n: v for n, v in layers.items() if n not in done}
     result.update(quantize_rtn(rest))  # layers outside the blocks (e.g. lm_head if not ignored)
     return result, losses
-
-
-def _block_prefix(runner) -> str:
-    for name, module in runner.model.named_modules():
-        if module is runner.layers:
-            return f"{name}."
-    raise ValueError("decoder blocks not found among the model's modules")
-
-
-def shared_hessians(
-    runner, block: nn.Module, mine: dict[str, nn.Module]
-) -> dict[str, HessianAccumulator]:
-    """One Hessian per distinct input: q/k/v (and gate/up) read the same tensor, so they share one
-    accumulator instead of three X^T X products."""
-    from infopt.techniques.quantize.layerwise import input_hooks
-
-    acc: dict[str, HessianAccumulator] = {}
-    # (data_ptr, shape) of this forward's inputs -> (first layer that read it, the tensor). Holding
-    # the tensor keeps its memory from being reused by a later, different input of the same shape.
-    seen: dict[tuple, tuple[str, torch.Tensor]] = {}
-
-    def add(name: str, x: torch.Tensor) -> None:
-        key = (x.data_ptr(), tuple(x.shape))
-        if key in seen and seen[key][0] != name:
-            acc[name] = acc[seen[key][0]]
-            return
-        seen[key] = (name, x)
-        if name not in acc:
-            acc[name] = HessianAccumulator(x.shape[1], x.device)
-        acc[name].add(x)
-
-    for (
-        hidden,
-        kw,
-    ) in runner.inputs:  # one batch at a time so input pointers are not reused across batches
-        seen.clear()
-        with input_hooks(mine, add):
-            block(hidden, **kw)
-    return acc

@@ -18,8 +18,7 @@ def to_bitsandbytes(model: nn.Module, names: list[str], threshold: float) -> nn.
     """Replace the named Linear layers with bitsandbytes' Linear8bitLt (CUDA only; not verified on a GPU here)."""
     import bitsandbytes as bnb
 
-    from infopt.techniques.quantize.core import get_weight
-    from infopt.techniques.quantize.technique import replace_module
+    from infopt.models.surgery import get_weight, replace_module
 
     device = next(model.parameters()).device
     if device.type != "cuda":

@@ -10,13 +10,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from infopt.techniques.quantize.core import (
-    QuantizedWeight,
-    QuantSpec,
-    get_weight,
-    rtn_quantize,
-    set_weight,
-)
+from infopt.models.surgery import get_weight, set_weight
+from infopt.techniques.quantize.core import QuantizedWeight, QuantSpec, rtn_quantize
 
 
 @torch.no_grad()

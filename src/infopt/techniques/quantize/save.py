@@ -18,7 +18,8 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from infopt.io import atomic_dir
-from infopt.techniques.quantize.core import QuantizedWeight, QuantSpec, set_weight
+from infopt.models.surgery import replace_module, set_weight
+from infopt.techniques.quantize.core import QuantizedWeight, QuantSpec
 from infopt.techniques.quantize.modules import Int8Linear, PackedLinear
 
 FORMAT = "infopt-quantized"
@@ -139,8 +140,6 @@ def load_quantized(
     from safetensors.torch import load_file
     from transformers import AutoConfig, AutoModelForCausalLM
 
-    from infopt.techniques.quantize.technique import replace_module
-
     path = Path(path)
     meta = json.loads((path / "quantization.json").read_text())
     if meta.get("format") != FORMAT:
@@ -177,8 +176,6 @@ def load_quantized(
 
 def dequantize_model(model: nn.Module) -> nn.Module:
     """Replace PackedLinear / Int8Linear with float Linear (or Conv1D where the layer was one)."""
-    from infopt.techniques.quantize.technique import replace_module
-
     for name, mod in list(model.named_modules()):
         if isinstance(mod, (PackedLinear, Int8Linear)):
             w = mod.dequantized_weight()  # (out, in)

@@ -13,8 +13,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from infopt.techniques.quantize.core import get_weight, set_weight
-from infopt.techniques.quantize.layerwise import input_hooks, smoothing_groups
+from infopt.calibration import AbsMax, LayerwiseRunner, collect, sequential
+from infopt.models.surgery import get_weight, input_groups, set_weight
 
 
 def fold_scale(prev: nn.Module, kind: str, linears: list[nn.Module], s: torch.Tensor) -> None:
@@ -43,24 +43,19 @@ def smoothing_scales(act_max: torch.Tensor, linears: list[nn.Module], alpha: flo
 
 
 @torch.no_grad()
-def smooth_model(runner, alpha: float) -> int:
+def smooth_model(runner: LayerwiseRunner, alpha: float, log=None) -> int:
     """Smooth every block's foldable groups from calibration max |x|; returns groups smoothed."""
     count = 0
-    for _idx, block in runner.blocks():
-        groups = smoothing_groups(block)
+
+    def process(_idx: int, block: nn.Module, _mine: dict[str, nn.Module]) -> None:
+        nonlocal count
         names = dict(block.named_modules())
-        firsts = {lins[0]: names[lins[0]] for _, lins, _ in groups}
-        act_max: dict[str, torch.Tensor] = {}
-
-        def record(name: str, x: torch.Tensor, act_max=act_max) -> None:
-            m = x.abs().amax(dim=0).float()
-            act_max[name] = torch.maximum(act_max[name], m) if name in act_max else m
-
-        with input_hooks(firsts, record):
-            runner.run(block)
+        groups = input_groups(block)
+        act_max = collect(runner, block, {lins[0]: names[lins[0]] for _, lins, _ in groups}, AbsMax)
         for prev, lins, kind in groups:
             mods = [names[n] for n in lins]
-            fold_scale(prev, kind, mods, smoothing_scales(act_max[lins[0]], mods, alpha))
+            fold_scale(prev, kind, mods, smoothing_scales(act_max[lins[0]].value, mods, alpha))
             count += 1
-        runner.run(block, update=True)
+
+    sequential(runner, process, label="smoothquant", log=log)
     return count

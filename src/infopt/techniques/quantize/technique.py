@@ -1,17 +1,20 @@
 """``technique=quantize``: the model under study, quantized; what it costs and what it saves.
 
-The methods live in their own modules (rtn, gptq, awq, smoothquant, llm_int8, dynamic); this
-class picks the layers, runs the method, chooses the execution (``simulated``: de-quantized
-floats, quality only; ``real``: packed weights / int8 kernels) and exports the packed model.
+The methods live in their own modules (rtn, gptq, awq, smoothquant, llm_int8, dynamic); this class
+picks the layers, runs the method through the ``METHODS`` table, chooses the execution
+(``simulated``: de-quantized floats, quality only; ``real``: packed weights / int8 kernels) and
+writes the packed model.
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+from infopt.console import progress
 from infopt.errors import ConfigError
 from infopt.techniques.base import Applied, Technique
 from infopt.techniques.quantize.config import W8A8_METHODS, QuantizeConfig
@@ -19,74 +22,178 @@ from infopt.techniques.quantize.config import W8A8_METHODS, QuantizeConfig
 if TYPE_CHECKING:
     from torch import nn
 
-    from infopt.config.schema import InfoptConfig, ModelConfig
+    from infopt.config.schema import InfoptConfig
     from infopt.context import RunContext
+    from infopt.techniques.quantize.core import QuantizedWeight, QuantSpec
 
 log = logging.getLogger(__name__)
 
-# SmolLM2-135M's shape, for checks before the embedded checkpoint is converted.
-_SMOLLM2 = dict(
-    vocab_size=49152,
-    hidden_size=576,
-    intermediate_size=1536,
-    num_hidden_layers=30,
-    num_attention_heads=9,
-    num_key_value_heads=3,
-    tie_word_embeddings=True,
+SIMULATED_WEIGHTS_NOTE = (
+    "simulated: weights rounded and de-quantized to float; stored size and speed are those of the float model"
+)
+PACKED_NOTE = (
+    "real: weights stored packed at their bit width with float16 scales; no low-bit matmul kernel on CPU, "
+    "so each forward unpacks and de-quantizes (size is real, speed is not expected to improve)"
 )
 
 
-def replace_module(model: nn.Module, name: str, new: nn.Module) -> None:
-    parent_name, _, child = name.rpartition(".")
-    parent = model.get_submodule(parent_name) if parent_name else model
-    setattr(parent, child, new)
+@dataclass
+class Outcome:
+    """What one method did: the model, the codes of weight-only methods, numbers and notes."""
+
+    model: nn.Module
+    qweights: dict[str, QuantizedWeight] | None = None
+    metrics: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+    library_modules: bool = False  # layers owned by another library: no packed export
 
 
-def architecture_config(cfg: ModelConfig, cache_dir: Path | None):
-    """The transformers config of the model under study, without loading weights (None: unknown)."""
-    from transformers import AutoConfig, LlamaConfig
-
-    if cfg.source == "tiny":
-        from infopt.models.tiny import tiny_config
-
-        return tiny_config(cfg.tiny, vocab_size=256)
-    if cfg.source == "embedded":
-        if cache_dir is not None:
-            from infopt.models.embedded import CACHE_NAME
-
-            cached = Path(cache_dir).expanduser() / "models" / CACHE_NAME / "config.json"
-            if cached.is_file():
-                return AutoConfig.from_pretrained(str(cached.parent))
-        return LlamaConfig(**_SMOLLM2)
-    try:
-        return AutoConfig.from_pretrained(
-            cfg.name_or_path, revision=cfg.revision, trust_remote_code=cfg.trust_remote_code
-        )
-    except Exception:  # not cached and offline: the runtime check in apply() catches it
-        return None
+Layers = dict[str, tuple["nn.Module", "QuantSpec"]]
 
 
-def layer_input_widths_of(config) -> dict[str, int]:
-    """Input width of every Linear/Conv1D by name, from a meta-device model (no memory, no weights)."""
+# --- the methods ------------------------------------------------------------------------------------
+
+
+def _calibration(model: nn.Module, c: QuantizeConfig, ctx: RunContext):
+    from infopt.calibration import LayerwiseRunner
+
+    tokens = ctx.data.calibration_blocks(c.calibration_samples, c.calibration_seq_len)  # (count, seq_len)
+    return LayerwiseRunner(model, tokens, c.calibration_batch_size)
+
+
+def _rtn(model: nn.Module, layers: Layers, c: QuantizeConfig, ctx: RunContext) -> Outcome:
+    from infopt.techniques.quantize.rtn import quantize_rtn
+
+    return Outcome(model, quantize_rtn(layers))
+
+
+def _gptq(model: nn.Module, layers: Layers, c: QuantizeConfig, ctx: RunContext) -> Outcome:
+    from infopt.techniques.quantize.gptq import quantize_gptq
+
+    runner = _calibration(model, c, ctx)
+    qweights, losses = quantize_gptq(runner, layers, c.gptq_damp, c.gptq_block_size, c.gptq_act_order, progress)
+    metrics = {"gptq_mean_layer_loss": sum(losses.values()) / len(losses)} if losses else {}
+    return Outcome(model, qweights, metrics)
+
+
+def _awq(model: nn.Module, layers: Layers, c: QuantizeConfig, ctx: RunContext) -> Outcome:
+    from infopt.techniques.quantize.awq import quantize_awq
+
+    qweights, stats = quantize_awq(_calibration(model, c, ctx), layers, c.awq_grid, c.awq_max_tokens, progress)
+    return Outcome(model, qweights, stats)
+
+
+def _smoothquant(model: nn.Module, layers: Layers, c: QuantizeConfig, ctx: RunContext) -> Outcome:
+    from infopt.techniques.quantize.smoothquant import smooth_model
+
+    groups = smooth_model(_calibration(model, c, ctx), c.smoothquant_alpha, progress)
+    to_int8(model, list(layers), c.act_granularity, outliers=None, real=c.execution == "real")
+    return Outcome(model, metrics={"smoothquant_groups": float(groups)})
+
+
+def _llm_int8(model: nn.Module, layers: Layers, c: QuantizeConfig, ctx: RunContext) -> Outcome:
+    if c.execution == "real" and ctx.device.type == "cuda":
+        from infopt.techniques.quantize.llm_int8 import to_bitsandbytes
+
+        to_bitsandbytes(model, list(layers), c.llm_int8_threshold)
+        note = "LLM.int8 on bitsandbytes' CUDA kernels (not verified on a GPU in this project's docs)"
+        return Outcome(model, notes=[note], library_modules=True)
+    to_int8(model, list(layers), "per_token", outliers=c.llm_int8_threshold, real=c.execution == "real")
+    tokens = ctx.data.calibration_blocks(2, min(ctx.data.cfg.seq_len, 256)).to(ctx.device)
+    return Outcome(model, metrics={"llm_int8_outlier_fraction": outlier_fraction(model, tokens, c.llm_int8_threshold)})
+
+
+def _dynamic_int8(model: nn.Module, layers: Layers, c: QuantizeConfig, ctx: RunContext) -> Outcome:
+    from infopt.techniques.quantize import dynamic
+
+    names = list(layers)
+    if c.dynamic_backend == "int_mm":
+        to_int8(model, names, c.act_granularity, outliers=None, real=c.execution == "real")
+        return Outcome(model)
+    if c.dynamic_backend == "torch_ao":
+        note = "torch.ao quantize_dynamic: per-channel int8 weights, per-tensor dynamic activation scales (x86/fbgemm kernels)"
+        return Outcome(dynamic.torch_ao_dynamic(model, names), notes=[note], library_modules=True)
+    model = dynamic.torchao_quantize(model, names, c.dynamic_backend, c.group_size)
+    note = f"torchao {c.dynamic_backend}: its tensor subclasses are counted in bench/stored_mb by their inner tensors"
+    return Outcome(model, notes=[note], library_modules=True)
+
+
+METHODS = {
+    "rtn": _rtn,
+    "gptq": _gptq,
+    "awq": _awq,
+    "smoothquant": _smoothquant,
+    "llm_int8": _llm_int8,
+    "dynamic_int8": _dynamic_int8,
+}
+
+
+# --- layer replacement ----------------------------------------------------------------------------------
+
+
+def to_int8(model: nn.Module, names: list[str], act_granularity: str, outliers: float | None, real: bool) -> None:
+    """Replace the named layers by ``Int8Linear`` (int8 GEMM when ``real``, else its float reference)."""
+    from transformers.pytorch_utils import Conv1D
+
+    from infopt.models.surgery import get_weight, replace_module
+    from infopt.techniques.quantize.modules import Int8Linear
+
+    for name in names:
+        mod = model.get_submodule(name)
+        new = Int8Linear(
+            get_weight(mod), mod.bias, act_granularity=act_granularity, outlier_threshold=outliers,
+            kernel="int_mm" if real else "reference",
+        )  # fmt: skip
+        new.from_conv1d = isinstance(mod, Conv1D)
+        replace_module(model, name, new.to(mod.weight.device))
+
+
+def to_packed(model: nn.Module, qweights: dict[str, QuantizedWeight], layers: Layers) -> nn.Module:
+    """Replace each quantized layer by a ``PackedLinear`` holding its codes."""
+    from transformers.pytorch_utils import Conv1D
+
+    from infopt.models.surgery import replace_module
+    from infopt.techniques.quantize.modules import PackedLinear
+
+    for name, qw in qweights.items():
+        mod = layers[name][0]
+        new = PackedLinear(qw, mod.bias)
+        new.from_conv1d = isinstance(mod, Conv1D)
+        replace_module(model, name, new.to(mod.weight.device))
+    return model
+
+
+def outlier_fraction(model: nn.Module, tokens, threshold: float) -> float:
+    """Share of ``Int8Linear`` input columns holding any |x| above ``threshold`` (LLM.int8's float path)."""
     import torch
-    from transformers import AutoModelForCausalLM
 
-    from infopt.techniques.quantize.core import layer_input_widths
+    from infopt.calibration import input_hooks
+    from infopt.techniques.quantize.modules import Int8Linear
 
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return layer_input_widths(model)
+    counts = [0, 0]
+
+    def count(_name: str, x: torch.Tensor) -> None:
+        counts[0] += int((x.abs() > threshold).any(dim=0).sum())
+        counts[1] += x.shape[1]
+
+    int8 = {n: m for n, m in model.named_modules() if isinstance(m, Int8Linear)}
+    with torch.no_grad(), input_hooks(int8, count):
+        model(input_ids=tokens)
+    return counts[0] / max(counts[1], 1)
+
+
+# --- the technique ------------------------------------------------------------------------------------
 
 
 class Quantize(Technique):
     """Weight (and activation) quantization; see ``QuantizeConfig`` for the methods and knobs."""
 
-    config_class = QuantizeConfig
     needs_data = True
     keeps_float_weights = False
+    config: QuantizeConfig
 
     def check(self, cfg: InfoptConfig) -> None:
-        c: QuantizeConfig = self.config  # type: ignore[assignment]
+        c = self.config
         if c.execution == "real" and c.export == "hf":
             raise ConfigError(
                 "technique.export=hf with technique.execution=real: packed layers do not load with plain from_pretrained; "
@@ -96,11 +203,7 @@ class Quantize(Technique):
             raise ConfigError(
                 f"technique.dynamic_backend={c.dynamic_backend} runs only as technique.execution=real (int_mm also has a simulated path)"
             )
-        if (
-            c.method == "dynamic_int8"
-            and c.dynamic_backend == "torchao_int4"
-            and cfg.hardware.accelerator == "cpu"
-        ):
+        if c.method == "dynamic_int8" and c.dynamic_backend == "torchao_int4" and cfg.hardware.accelerator == "cpu":
             raise ConfigError(
                 "technique.dynamic_backend=torchao_int4 has no CPU kernel in this install (torchao's Int4WeightOnlyConfig needs mslk); "
                 "use hardware=gpu, or technique.method=gptq technique.bits=4 technique.execution=real for packed int4 on CPU"
@@ -112,237 +215,76 @@ class Quantize(Technique):
                 raise ConfigError(
                     "technique.method=llm_int8 with hardware=gpu and execution=real needs bitsandbytes; pip install bitsandbytes (or use hardware=cpu)"
                 )
-        if any(g > 0 for g in c.group_sizes()) and c.method not in W8A8_METHODS:
-            config = architecture_config(
-                cfg.model,
-                Path(cfg.paths.cache_dir) if isinstance(cfg.paths.cache_dir, str) else None,
-            )
-            if config is not None:
-                from infopt.techniques.quantize.core import check_group_sizes
+        self._check_group_sizes(cfg)
 
-                check_group_sizes(layer_input_widths_of(config), c)
+    def _check_group_sizes(self, cfg: InfoptConfig) -> None:
+        """Group sizes against the layer widths, from the config alone (no weights loaded)."""
+        c = self.config
+        if not any(g > 0 for g in c.group_sizes()) or c.method in W8A8_METHODS:
+            return
+        from infopt.models.load import architecture_config
+
+        cache_dir = Path(cfg.paths.cache_dir) if isinstance(cfg.paths.cache_dir, str) else None
+        config = architecture_config(cfg.model, cache_dir)
+        if config is not None:
+            from infopt.models.surgery import layer_input_widths, meta_model
+            from infopt.techniques.quantize.core import check_group_sizes
+
+            check_group_sizes(layer_input_widths(meta_model(config)), c)
 
     def apply(self, model: nn.Module, ctx: RunContext) -> Applied:
         import torch
 
-        from infopt.techniques.quantize.core import (
-            check_group_sizes,
-            find_layers,
-            layer_input_widths,
-        )
+        from infopt.bench.measure import PeakMemory
 
-        c: QuantizeConfig = self.config  # type: ignore[assignment]
+        c = self.config
+        layers = self._targets(model)
+        t0 = time.perf_counter()
+        with torch.no_grad(), PeakMemory(ctx.device) as mem:
+            out = METHODS[c.method](model, layers, c, ctx)
+        metrics: dict[str, float] = {"layers_quantized": float(len(layers)), **out.metrics}
+        metrics["quantize_wall_s"] = time.perf_counter() - t0
+        # Whole-process peak (model, calibration activations, Hessians) while the method ran.
+        metrics["quantize_peak_memory_mb"] = mem.peak / 2**20
+        model, notes = out.model, list(out.notes)
+        if out.qweights is not None:  # weight-only methods: floats now hold the de-quantized weights
+            if c.execution == "real":
+                model = to_packed(model, out.qweights, layers)
+            notes.append(PACKED_NOTE if c.execution == "real" else SIMULATED_WEIGHTS_NOTE)
+            bits = [layers[n][1].bits for n in out.qweights]
+            metrics["mean_weight_bits"] = sum(bits) / len(bits)
+        elif c.execution == "simulated":
+            notes.append("simulated: int8 arithmetic reproduced in float (reference kernel); no size or speed claim")
+        artifacts = self._write_packed(model, out, ctx, metrics, notes)
+        return Applied(model=model, execution=c.execution, metrics=metrics, notes=notes, artifacts=artifacts)
+
+    def _targets(self, model: nn.Module) -> Layers:
+        from infopt.models.surgery import layer_input_widths
+        from infopt.techniques.quantize.core import check_group_sizes, find_layers
+
+        c = self.config
         if c.method not in W8A8_METHODS:
             check_group_sizes(layer_input_widths(model), c)
         layers = find_layers(model, c)
         if not layers:
-            raise ConfigError(
-                f"technique.ignore={list(c.ignore)} leaves no Linear/Conv1D layer to quantize"
-            )
-        names = list(layers)
-        notes: list[str] = []
-        metrics: dict[str, float] = {"layers_quantized": float(len(layers))}
-        qweights = None
-        execution = c.execution
-        from infopt.bench.measure import PeakMemory
+            raise ConfigError(f"technique.ignore={list(c.ignore)} leaves no Linear/Conv1D layer to quantize")
+        return layers
 
-        t0 = time.perf_counter()
-        with torch.no_grad(), PeakMemory(ctx.device) as mem:
-            if c.method == "rtn":
-                from infopt.techniques.quantize.rtn import quantize_rtn
+    def _write_packed(
+        self, model: nn.Module, out: Outcome, ctx: RunContext, metrics: dict[str, Any], notes: list[str]
+    ) -> dict[str, str]:
+        """The packed codes and scales in ``<run>/quantized`` (read back by the exporters)."""
+        c = self.config
+        if not c.export_packed:
+            return {}
+        if out.library_modules:
+            notes.append(f"packed export not written for {c.method}/{c.dynamic_backend} (library-owned modules)")
+            return {}
+        from infopt.techniques.quantize.save import save_quantized
 
-                qweights = quantize_rtn(layers)
-            elif c.method == "gptq":
-                from infopt.techniques.quantize.gptq import quantize_gptq
-
-                qweights, losses = quantize_gptq(
-                    self._runner(model, ctx),
-                    layers,
-                    c.gptq_damp,
-                    c.gptq_block_size,
-                    c.gptq_act_order,
-                    log.info,
-                )
-                if losses:
-                    metrics["gptq_mean_layer_loss"] = sum(losses.values()) / len(losses)
-            elif c.method == "awq":
-                from infopt.techniques.quantize.awq import quantize_awq
-
-                qweights, stats = quantize_awq(
-                    self._runner(model, ctx), layers, c.awq_grid, c.awq_max_tokens, log.info
-                )
-                metrics.update(stats)
-            elif c.method == "smoothquant":
-                from infopt.techniques.quantize.smoothquant import smooth_model
-
-                metrics["smoothquant_groups"] = float(
-                    smooth_model(self._runner(model, ctx), c.smoothquant_alpha)
-                )
-                self._int8(model, names, c, outliers=None, real=execution == "real")
-            elif c.method == "llm_int8":
-                if execution == "real" and ctx.device.type == "cuda":
-                    from infopt.techniques.quantize.llm_int8 import to_bitsandbytes
-
-                    to_bitsandbytes(model, names, c.llm_int8_threshold)
-                    notes.append(
-                        "LLM.int8 on bitsandbytes' CUDA kernels (not verified on a GPU in this project's docs)"
-                    )
-                else:
-                    self._int8(
-                        model,
-                        names,
-                        c,
-                        outliers=c.llm_int8_threshold,
-                        real=execution == "real",
-                        per_token=True,
-                    )
-                    metrics["llm_int8_outlier_fraction"] = self._outlier_fraction(model, ctx, c)
-            elif c.method == "dynamic_int8":
-                if c.dynamic_backend == "int_mm":
-                    self._int8(model, names, c, outliers=None, real=execution == "real")
-                elif c.dynamic_backend == "torch_ao":
-                    from infopt.techniques.quantize.dynamic import torch_ao_dynamic
-
-                    model = torch_ao_dynamic(model, names)
-                    notes.append(
-                        "torch.ao quantize_dynamic: per-channel int8 weights, per-tensor dynamic activation scales (x86/fbgemm kernels)"
-                    )
-                else:
-                    from infopt.techniques.quantize.dynamic import torchao_quantize
-
-                    model = torchao_quantize(model, names, c.dynamic_backend, c.group_size)
-                    from infopt.techniques.quantize.dynamic import subclass_bytes
-
-                    metrics["torchao_inner_tensors_mb"] = subclass_bytes(model) / 2**20
-                    notes.append(
-                        f"torchao {c.dynamic_backend}: bench/stored_mb counts its tensor subclasses at their float dtype; "
-                        "technique/torchao_inner_tensors_mb counts their int8 data and scales"
-                    )
-        metrics["quantize_wall_s"] = time.perf_counter() - t0
-        # Whole-process peak (model, calibration activations, Hessians) while the method ran.
-        metrics["quantize_peak_memory_mb"] = mem.peak / 2**20
-
-        if qweights is not None:  # weight-only methods: floats now hold the de-quantized weights
-            if execution == "real":
-                model = self._pack(model, qweights, layers)
-                notes.append(
-                    "real: weights stored packed at their bit width with float16 scales; no low-bit matmul kernel on CPU, "
-                    "so each forward unpacks and de-quantizes (size is real, speed is not expected to improve)"
-                )
-            else:
-                notes.append(
-                    "simulated: weights rounded and de-quantized to float; stored size and speed are those of the float model"
-                )
-            bits = [layers[n][1].bits for n in qweights]
-            metrics["mean_weight_bits"] = sum(bits) / len(bits)
-        elif execution == "simulated":
-            notes.append(
-                "simulated: int8 arithmetic reproduced in float (reference kernel); no size or speed claim"
-            )
-
-        artifacts: dict[str, str] = {}
-        library_modules = (c.method == "dynamic_int8" and c.dynamic_backend != "int_mm") or (
-            c.method == "llm_int8" and execution == "real" and ctx.device.type == "cuda"
-        )
-        exportable = not library_modules
-        if c.export_packed and exportable:
-            from infopt.techniques.quantize.save import save_quantized
-
-            target = save_quantized(
-                model,
-                ctx.output_dir / "quantized",
-                qweights=qweights if execution == "simulated" else None,
-                method=c.method,
-                tokenizer=ctx.tokenizer,
-            )
-            artifacts["quantized"] = str(target)
-            metrics["export_mb"] = (
-                sum(f.stat().st_size for f in target.iterdir() if f.suffix == ".safetensors")
-                / 2**20
-            )
-        elif c.export_packed:
-            notes.append(
-                f"packed export not written for {c.method}/{c.dynamic_backend} (library-owned modules)"
-            )
-        return Applied(
-            model=model, execution=execution, metrics=metrics, notes=notes, artifacts=artifacts
-        )
-
-    # --- helpers --------------------------------------------------------------------------------
-
-    def _runner(self, model: nn.Module, ctx: RunContext):
-        from infopt.techniques.quantize.layerwise import LayerwiseRunner
-
-        c: QuantizeConfig = self.config  # type: ignore[assignment]
-        tokens = ctx.data.calibration_blocks(
-            c.calibration_samples, c.calibration_seq_len
-        )  # (count, seq_len)
-        return LayerwiseRunner(model, tokens, c.calibration_batch_size)
-
-    @staticmethod
-    def _int8(
-        model: nn.Module,
-        names: list[str],
-        c: QuantizeConfig,
-        outliers: float | None,
-        real: bool,
-        per_token: bool = False,
-    ) -> None:
-        from transformers.pytorch_utils import Conv1D
-
-        from infopt.techniques.quantize.core import get_weight
-        from infopt.techniques.quantize.modules import Int8Linear
-
-        for name in names:
-            mod = model.get_submodule(name)
-            new = Int8Linear(
-                get_weight(mod),
-                mod.bias,
-                act_granularity="per_token" if per_token else c.act_granularity,
-                outlier_threshold=outliers,
-                kernel="int_mm" if real else "reference",
-            )
-            new.from_conv1d = isinstance(mod, Conv1D)
-            replace_module(model, name, new.to(mod.weight.device))
-
-    @staticmethod
-    def _pack(model: nn.Module, qweights, layers) -> nn.Module:
-        from transformers.pytorch_utils import Conv1D
-
-        from infopt.techniques.quantize.modules import PackedLinear
-
-        for name, qw in qweights.items():
-            mod = layers[name][0]
-            new = PackedLinear(qw, mod.bias)
-            new.from_conv1d = isinstance(mod, Conv1D)
-            replace_module(model, name, new.to(mod.weight.device))
-        return model
-
-    @staticmethod
-    def _outlier_fraction(model: nn.Module, ctx: RunContext, c: QuantizeConfig) -> float:
-        """Share of input columns that took the float path, over a few calibration sequences."""
-        import torch
-
-        from infopt.techniques.quantize.modules import Int8Linear
-
-        counts = [0, 0]
-
-        def hook(mod, args):
-            x = args[0].reshape(-1, args[0].shape[-1])
-            counts[0] += int((x.abs() > c.llm_int8_threshold).any(dim=0).sum())
-            counts[1] += x.shape[1]
-
-        handles = [
-            m.register_forward_pre_hook(hook) for m in model.modules() if isinstance(m, Int8Linear)
-        ]
-        try:
-            with torch.no_grad():
-                model(
-                    input_ids=ctx.data.calibration_blocks(2, min(ctx.data.cfg.seq_len, 256)).to(
-                        ctx.device
-                    )
-                )
-        finally:
-            for h in handles:
-                h.remove()
-        return counts[0] / max(counts[1], 1)
+        target = save_quantized(
+            model, ctx.output_dir / "quantized", qweights=out.qweights if c.execution == "simulated" else None,
+            method=c.method, tokenizer=ctx.tokenizer,
+        )  # fmt: skip
+        metrics["export_mb"] = sum(f.stat().st_size for f in target.iterdir() if f.suffix == ".safetensors") / 2**20
+        return {"quantized": str(target)}

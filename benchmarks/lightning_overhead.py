@@ -39,9 +39,9 @@ def main() -> int:
     import torch
     from hydra import compose, initialize_config_dir
 
+    from infopt.composition.store import register_configs
+    from infopt.composition.validate import to_object
     from infopt.config.schema import HardwareConfig
-    from infopt.config.store import register_configs
-    from infopt.config.validate import to_object
     from infopt.data.text import TextData
     from infopt.models.load import load_model, load_tokenizer, resolve
     from infopt.techniques.distill.config import DistillConfig, LossConfig

@@ -99,6 +99,11 @@ def _split_argv(argv: list[str]) -> tuple[list[str], bool, bool]:
     return overrides, multirun, runs_task
 
 
+def runs_task(argv: list[str]) -> bool:
+    """Whether this command line runs a job (not --help, --cfg, --info, ...)."""
+    return _split_argv(argv)[2]
+
+
 def _expand(overrides: list[str]) -> list[list[str]]:
     """Each combination of simple sweep values; range/interval sweeps keep their first form."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -166,7 +171,7 @@ def precheck(argv: list[str], conf_dir: Path) -> str | None:
     from hydra import compose, initialize_config_dir
     from omegaconf import open_dict
 
-    from infopt.config.validate import validate_config
+    from infopt.composition.validate import validate_config
 
     _FIRST_COMPOSED.clear()
     try:

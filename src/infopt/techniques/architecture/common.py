@@ -1,4 +1,4 @@
-"""Shared pieces of the decode techniques: greedy generation, timing, prompts, tie checks, cache bytes.
+"""Shared pieces of the architecture techniques: greedy generation, prompts, tie checks, cache bytes.
 
 The greedy-equivalence check is the oracle of this package: a faster decode path must return the
 tokens plain greedy decoding returns; where it does not, the first differing position must be a
@@ -8,33 +8,18 @@ may then legitimately flip the argmax).
 
 from __future__ import annotations
 
-import statistics
-import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import nn
 
-
-def model_device(model: nn.Module) -> torch.device:
-    return next(model.parameters()).device
-
-
-def max_context(model: nn.Module) -> int:
-    """The model's maximum context in tokens (position table size or rope limit)."""
-    cfg = model.config
-    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
-        value = getattr(cfg, key, None)
-        if value:
-            return int(value)
-    raise ValueError(f"{type(model).__name__}: cannot tell its maximum context from the config")
+from infopt.models.surgery import context_length, model_device
 
 
 def resolve_lengths(model: nn.Module, lengths: list[int]) -> list[int]:
     """Context lengths with 0 meaning the model's maximum; duplicates dropped, order kept."""
-    top = max_context(model)
+    top = context_length(model.config)
     out: list[int] = []
     for n in lengths:
         n = top if n == 0 else min(n, top)
@@ -65,16 +50,19 @@ def greedy(
     return out[:, input_ids.shape[1] :].cpu()
 
 
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    t = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t
+def decode_step_seconds(
+    model: nn.Module, prompt: torch.Tensor, new_tokens: int, pad: int | None, repeats: int, **kwargs: Any
+) -> float:
+    """Seconds per decoded token, prefill excluded: (t(N) - t(1)) / (N - 1); NaN when contention swamped it.
 
+    Fastest of ``repeats`` runs on each side: on a shared CPU other processes only ever add time,
+    and a difference of two medians can go negative under contention.
+    """
+    from infopt.bench.timing import repeat
 
-def median_time(fn: Callable[[], Any], repeats: int, warmup: int = 0) -> float:
-    for _ in range(warmup):
-        fn()
-    return statistics.median(timed(fn)[1] for _ in range(repeats))
+    one = repeat(lambda: greedy(model, prompt, 1, pad, **kwargs), repeats).min
+    full = repeat(lambda: greedy(model, prompt, new_tokens, pad, **kwargs), repeats).min
+    return (full - one) / (new_tokens - 1) if full > one else float("nan")
 
 
 def document_prompts(
@@ -177,30 +165,8 @@ def eos_ids(model: nn.Module) -> list[int]:
     return [int(e) for e in (eos if isinstance(eos, (list, tuple)) else [eos])]
 
 
-def tensor_bytes(obj: Any, seen: set[int] | None = None) -> int:
-    """Bytes of every tensor reachable from a cache object (layers, quantized tuples, QTensors)."""
-    seen = set() if seen is None else seen
-    if id(obj) in seen:
-        return 0
-    seen.add(id(obj))
-    if isinstance(obj, torch.Tensor):
-        inner = (
-            [getattr(obj, a) for a in getattr(obj, "__tensor_flatten__", lambda: ([], None))()[0]]
-            if type(obj) is not torch.Tensor
-            else []
-        )
-        if inner:  # tensor subclass (e.g. a quanto QTensor): count its packed parts
-            return sum(tensor_bytes(t, seen) for t in inner)
-        return obj.numel() * obj.element_size()
-    if isinstance(obj, (list, tuple)):
-        return sum(tensor_bytes(o, seen) for o in obj)
-    if isinstance(obj, dict):
-        return sum(tensor_bytes(o, seen) for o in obj.values())
-    if hasattr(obj, "__dict__") and not isinstance(obj, (nn.Module, type)):
-        return sum(tensor_bytes(v, seen) for k, v in vars(obj).items() if not k.startswith("__"))
-    return 0
-
-
 def cache_bytes(cache: Any) -> int:
     """Bytes held by a transformers Cache (all layers)."""
+    from infopt.bench.size import tensor_bytes
+
     return sum(tensor_bytes(layer) for layer in cache.layers)

@@ -30,17 +30,12 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import nn
 
+from infopt.bench.timing import timed
 from infopt.errors import ConfigError
+from infopt.models.surgery import keep_layers, model_device, num_layers, parameter_count
+from infopt.techniques.architecture.common import decode_step_seconds, divergence, document_prompts, eos_ids, greedy
+from infopt.techniques.architecture.config import SpeculativeConfig
 from infopt.techniques.base import Applied, Technique
-from infopt.techniques.decode.common import (
-    divergence,
-    document_prompts,
-    eos_ids,
-    greedy,
-    model_device,
-    timed,
-)
-from infopt.techniques.decode.config import SpeculativeConfig
 
 if TYPE_CHECKING:
     from infopt.config.schema import InfoptConfig, ModelConfig
@@ -67,23 +62,6 @@ def predicted_speedup(alpha: float, gamma: int, cost_ratio: float) -> float:
 # --- drafts ----------------------------------------------------------------------------------
 
 
-def decoder_layers(model: nn.Module) -> tuple[nn.Module, str]:
-    """(parent module, attribute name) of the decoder's layer ModuleList (Llama-style or GPT-2)."""
-    for path in ("model.layers", "transformer.h", "model.decoder.layers", "gpt_neox.layers"):
-        parent: Any = model
-        *head, last = path.split(".")
-        try:
-            for part in head:
-                parent = getattr(parent, part)
-            if isinstance(getattr(parent, last), nn.ModuleList):
-                return parent, last
-        except AttributeError:
-            continue
-    raise ConfigError(
-        f"technique.draft.kind=layer_subset: cannot find the decoder layers of {type(model).__name__}; use draft.kind=model or path"
-    )
-
-
 def layer_subset_indices(num_layers: int, stride: int) -> list[int]:
     """Layers 0, k, 2k, ... and the last one (its output is what the final norm and head were trained on)."""
     keep = list(range(0, num_layers, stride))
@@ -94,25 +72,11 @@ def layer_subset_indices(num_layers: int, stride: int) -> list[int]:
 
 def layer_subset_draft(model: nn.Module, stride: int) -> nn.Module:
     """A copy of ``model`` keeping every ``stride``-th decoder layer (weights copied, not retrained)."""
-    draft = copy.deepcopy(model)
-    parent, name = decoder_layers(draft)
-    layers = getattr(parent, name)
-    keep = layer_subset_indices(len(layers), stride)
-    if len(keep) == len(layers):
-        raise ConfigError(
-            f"technique.draft.layer_stride={stride} keeps all {len(layers)} layers; use a larger stride"
-        )
-    setattr(parent, name, nn.ModuleList(layers[i] for i in keep))
-    # Each attention module indexes the KV cache by its layer_idx: renumber them 0..n-1.
-    for new_idx, layer in enumerate(getattr(parent, name)):
-        for module in layer.modules():
-            if hasattr(module, "layer_idx"):
-                module.layer_idx = new_idx
-    config = draft.config
-    if getattr(config, "layer_types", None):
-        config.layer_types = [config.layer_types[i] for i in keep]
-    config.num_hidden_layers = len(keep)
-    return draft.eval()
+    total = num_layers(model)
+    keep = layer_subset_indices(total, stride)
+    if len(keep) == total:
+        raise ConfigError(f"technique.draft.layer_stride={stride} keeps all {total} layers; use a larger stride")
+    return keep_layers(copy.deepcopy(model), keep).eval()
 
 
 def _model_dir(path: str) -> Path:
@@ -244,22 +208,11 @@ def verify_cost_ratio(
     return times[gamma + 1] / times[1]
 
 
-def _decode_s(
-    model: nn.Module, prompt: torch.Tensor, n: int, pad: int | None, **kwargs: Any
-) -> float:
-    """Seconds per token of plain greedy decoding, prefill excluded: (t(n) - t(1)) / (n - 1)."""
-    one = min(timed(lambda: greedy(model, prompt, 1, pad, **kwargs))[1] for _ in range(2))
-    full = min(timed(lambda: greedy(model, prompt, n, pad, **kwargs))[1] for _ in range(2))
-    return max(full - one, 1e-9) / (n - 1)
-
-
 # --- the technique -----------------------------------------------------------------------------
 
 
 class Speculative(Technique):
     """Assisted generation with a draft model, or prompt lookup; greedy outputs must not change."""
-
-    config_class = SpeculativeConfig
 
     def check(self, cfg: InfoptConfig) -> None:
         c: SpeculativeConfig = self.config  # type: ignore[assignment]
@@ -326,169 +279,168 @@ class Speculative(Technique):
     def apply(self, model: nn.Module, ctx: RunContext) -> Applied:
         c: SpeculativeConfig = self.config  # type: ignore[assignment]
         pad = ctx.tokenizer.pad_token_id
-        metrics: dict[str, float] = {}
-        notes: list[str] = []
-        if c.prompt_lookup > 0:
-            gamma = c.prompt_lookup
-            kwargs: dict[str, Any] = {
-                "prompt_lookup_num_tokens": c.prompt_lookup,
-                "max_matching_ngram_size": c.max_matching_ngram_size,
-            }
-            draft = None
-            what = f"prompt lookup ({c.prompt_lookup} tokens, n-grams up to {c.max_matching_ngram_size})"
-        else:
-            gamma = c.draft.num_tokens
-            draft, draft_tok = self.load_draft(model, ctx)
-            # Checked again on the loaded objects, before any generation.
-            same_vocabulary(
-                ctx.tokenizer,
-                draft_tok,
-                model.config.get_text_config().vocab_size,
-                draft.config.get_text_config().vocab_size,
-                "technique.draft",
-            )
-            # A constant draft length and no confidence cut-off: every step drafts exactly gamma tokens,
-            # the setting the formula assumes.
-            gc = draft.generation_config
-            gc.num_assistant_tokens = gamma
-            gc.num_assistant_tokens_schedule = "constant"
-            gc.assistant_confidence_threshold = 0.0
-            kwargs = {"assistant_model": draft}
-            what = {
-                "layer_subset": f"layer-subset draft (every {c.draft.layer_stride}th layer: {draft.config.num_hidden_layers} of {model.config.num_hidden_layers})",
-                "model": f"draft model {getattr(c.draft.model, 'name', '?')}",
-                "path": f"draft from {c.draft.path}",
-            }[c.draft.kind]
-            metrics["draft_params"] = float(sum(p.numel() for p in draft.parameters()))
-
-        prompts = document_prompts(
-            ctx.tokenizer, ctx.data.corpus.heldout, c.prompts, c.prompt_tokens, c.template, c.chat
-        )
-        n = c.new_tokens
+        drafting = self._drafting(model, ctx)
+        prompts = document_prompts(ctx.tokenizer, ctx.data.corpus.heldout, c.prompts, c.prompt_tokens, c.template, c.chat)
         # Warm-up (allocator, lazy inits) on the first prompt, untimed.
         greedy(model, prompts[0], 4, pad)
-        greedy(model, prompts[0], 4, pad, **kwargs)
-
-        recorder = Recorder(model)
-        plain_s = spec_s = prefill_s = 0.0
-        identical = ties = non_ties = 0
-        rows = []
-        try:
-            for i, p in enumerate(prompts):
-                _, t1 = timed(lambda: greedy(model, p, 1, pad))  # noqa: B023 - prefill + one token
-                ref, tp = timed(lambda: greedy(model, p, n, pad))  # noqa: B023
-                before = len(recorder.record.accepted)
-                out, ts = timed(lambda: greedy(model, p, n, pad, **kwargs))  # noqa: B023
-                d = divergence(model, p, ref[0], out[0], c.tie_tolerance, suppress=eos_ids(model))
-                identical += d is None
-                if d is not None:
-                    ties += d.tie
-                    non_ties += not d.tie
-                    log.warning(
-                        "prompt %d: speculative output differs from greedy at token %d (gap %.3g, tie=%s)",
-                        i,
-                        d.position,
-                        d.gap,
-                        d.tie,
-                    )
-                steps = len(recorder.record.accepted) - before
-                plain_s, spec_s, prefill_s = plain_s + tp, spec_s + ts, prefill_s + t1
-                rows.append(
-                    [
-                        i,
-                        p.shape[1],
-                        steps,
-                        round(n / max(steps, 1), 3),
-                        round(tp, 3),
-                        round(ts, 3),
-                        d is None or d.tie,
-                    ]
-                )
-        finally:
-            recorder.close()
-        if non_ties:
-            raise RuntimeError(
-                f"speculative decoding changed {non_ties} greedy generation(s) at a non-tie: a bug, not a tolerance issue"
-            )
-
-        rec = recorder.record
-        steps = len(rec.accepted)
-        proposed, accepted = sum(rec.proposed), sum(rec.accepted)
-        # Bernoulli trials seen: every accepted token, plus the one rejection that ends a step early.
-        rejections = sum(1 for p_, a_ in zip(rec.proposed, rec.accepted, strict=True) if a_ < p_)
-        alpha = accepted / max(accepted + rejections, 1)
-        generated = n * len(prompts)
-        metrics.update(
-            {
-                "prompts": float(len(prompts)),
-                "gamma": float(gamma),
-                "acceptance_rate": alpha,
-                "accepted_fraction_of_proposed": accepted / max(proposed, 1),
-                "mean_accepted_per_step": accepted / max(steps, 1),
-                "mean_tokens_per_step": generated / max(steps, 1),
-                "steps_without_proposal": float(sum(1 for p_ in rec.proposed if p_ == 0)),
-                "plain_tokens_per_s": generated / plain_s,
-                "speculative_tokens_per_s": generated / spec_s,
-                "speedup": plain_s / spec_s,
-                # Decode only: the plain prefill time taken off both sides.
-                "speedup_decode": (plain_s - prefill_s) / max(spec_s - prefill_s, 1e-9),
-                "greedy_identical_fraction": identical / len(prompts),
-                "greedy_divergences_at_ties": float(ties),
-            }
-        )
-
-        # Cost ratio c: one draft token's time over one target decode step, both measured here.
-        target_step = _decode_s(model, prompts[0], min(n, 16), pad)
-        draft_token_s = rec.draft_s / max(proposed, 1)
-        c_ratio = draft_token_s / target_step
-        v = verify_cost_ratio(model, prompts[0], gamma)
-        # Thm 3.8 per step, averaged: a step proposing g tokens yields E(a, g) tokens for 1 + g c target
-        # steps of time. With a constant gamma this is exactly (1 - a^(g+1)) / ((1 - a)(g c + 1)); prompt
-        # lookup proposes 0..gamma tokens per step, so its steps enter with their own g.
-        expected = sum(expected_tokens_per_step(alpha, g) for g in rec.proposed) / max(steps, 1)
-        draft_cost = (
-            rec.draft_s / max(steps, 1)
-        ) / target_step  # draft time per step, in target steps
-        metrics.update(
-            {
-                "target_step_ms": 1e3 * target_step,
-                "draft_ms_per_token": 1e3 * draft_token_s,
-                "cost_ratio": c_ratio,
-                "verify_cost_ratio": v,
-                "predicted_tokens_per_step": expected,
-                "predicted_speedup": expected / (1 + draft_cost),
-                "predicted_speedup_formula_gamma": predicted_speedup(alpha, gamma, c_ratio),
-                # The same with the measured cost of verifying gamma+1 tokens instead of one step's.
-                "predicted_speedup_with_verify_cost": expected / (draft_cost + v),
-            }
-        )
+        greedy(model, prompts[0], 4, pad, **drafting.kwargs)
+        comparison = compare_with_greedy(model, prompts, c.new_tokens, pad, drafting.kwargs, c.tie_tolerance)
+        metrics = {
+            **drafting.metrics, "prompts": float(len(prompts)), "gamma": float(drafting.gamma),
+            **comparison.metrics, **acceptance(comparison.record, c.new_tokens * len(prompts)),
+        }  # fmt: skip
+        metrics.update(prediction(model, prompts[0], comparison.record, metrics["acceptance_rate"], drafting.gamma, pad, c.new_tokens))
         metrics["speedup_vs_prediction"] = metrics["speedup_decode"] / metrics["predicted_speedup"]
-        columns = [
-            "prompt",
-            "prompt_tokens",
-            "steps",
-            "tokens_per_step",
-            "plain_s",
-            "speculative_s",
-            "same_as_greedy",
-        ]
-        ctx.logger.log_table("speculative", columns, rows)
-        notes.append(
-            f"speculative decoding with {what}: acceptance {alpha:.3f}, {metrics['mean_tokens_per_step']:.2f} tokens per target pass, "
-            f"speedup {metrics['speedup']:.2f}x measured vs {metrics['predicted_speedup']:.2f}x predicted (Leviathan et al. 2023, Thm 3.8)"
-        )
-        notes.append(
-            f"greedy outputs: {identical}/{len(prompts)} identical to plain greedy decoding, {ties} differ only at top-2 logit ties"
-        )
-        if math.isfinite(v) and v > 1.2:
-            notes.append(
-                f"verifying {gamma + 1} tokens costs {v:.2f}x a one-token step here (the formula assumes 1x)"
-            )
         return Applied(
-            model=model,
-            execution="dense",
-            generate_kwargs=kwargs,
-            metrics=metrics,
-            notes=notes,
-            tables={"speculative": {"columns": columns, "rows": rows}},
+            model=model, execution="dense", generate_kwargs=drafting.kwargs, metrics=metrics,
+            notes=_notes(drafting, metrics, comparison, len(prompts)),
+            tables={"speculative": {"columns": COMPARISON_COLUMNS, "rows": comparison.rows}},
+        )  # fmt: skip
+
+    def _drafting(self, model: nn.Module, ctx: RunContext) -> Drafting:
+        """How drafts are made: prompt lookup, or a draft model with a constant draft length."""
+        c: SpeculativeConfig = self.config  # type: ignore[assignment]
+        if c.prompt_lookup > 0:
+            kwargs = {"prompt_lookup_num_tokens": c.prompt_lookup, "max_matching_ngram_size": c.max_matching_ngram_size}
+            what = f"prompt lookup ({c.prompt_lookup} tokens, n-grams up to {c.max_matching_ngram_size})"
+            return Drafting(kwargs, c.prompt_lookup, what)
+        draft, draft_tok = self.load_draft(model, ctx)
+        # Checked again on the loaded objects, before any generation.
+        same_vocabulary(
+            ctx.tokenizer, draft_tok, model.config.get_text_config().vocab_size,
+            draft.config.get_text_config().vocab_size, "technique.draft",
+        )  # fmt: skip
+        # A constant draft length and no confidence cut-off: every step drafts exactly gamma tokens,
+        # the setting the formula assumes.
+        gc = draft.generation_config
+        gc.num_assistant_tokens = c.draft.num_tokens
+        gc.num_assistant_tokens_schedule = "constant"
+        gc.assistant_confidence_threshold = 0.0
+        what = {
+            "layer_subset": f"layer-subset draft (every {c.draft.layer_stride}th layer: {draft.config.num_hidden_layers} of {model.config.num_hidden_layers})",
+            "model": f"draft model {getattr(c.draft.model, 'name', '?')}",
+            "path": f"draft from {c.draft.path}",
+        }[c.draft.kind]
+        return Drafting({"assistant_model": draft}, c.draft.num_tokens, what, {"draft_params": float(parameter_count(draft))})
+
+
+@dataclass
+class Drafting:
+    kwargs: dict[str, Any]  # generate() kwargs that turn speculative decoding on
+    gamma: int  # tokens proposed per step (at most, for prompt lookup)
+    what: str  # how drafts are made, in words
+    metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class Comparison:
+    record: StepRecord  # every step's proposal and acceptance
+    rows: list[list[Any]]  # one per prompt (COMPARISON_COLUMNS)
+    metrics: dict[str, float]
+    identical: int  # prompts whose speculative output equals plain greedy's
+    ties: int  # prompts that differ only at a top-2 logit tie
+
+
+COMPARISON_COLUMNS = ["prompt", "prompt_tokens", "steps", "tokens_per_step", "plain_s", "speculative_s", "same_as_greedy"]
+
+
+def compare_with_greedy(
+    model: nn.Module, prompts: list[torch.Tensor], n: int, pad: int | None, kwargs: dict[str, Any], tolerance: float
+) -> Comparison:
+    """Plain and speculative greedy decoding of each prompt: tokens compared, times taken.
+
+    A divergence is allowed only where the target's top two logits tie within ``tolerance``; any
+    other difference is a bug and raises.
+    """
+    recorder = Recorder(model)
+    plain_s = spec_s = prefill_s = 0.0
+    identical = ties = non_ties = 0
+    rows = []
+    try:
+        for i, p in enumerate(prompts):
+            _, t1 = timed(lambda: greedy(model, p, 1, pad))  # noqa: B023 - prefill + one token
+            ref, tp = timed(lambda: greedy(model, p, n, pad))  # noqa: B023
+            before = len(recorder.record.accepted)
+            out, ts = timed(lambda: greedy(model, p, n, pad, **kwargs))  # noqa: B023
+            d = divergence(model, p, ref[0], out[0], tolerance, suppress=eos_ids(model))
+            identical += d is None
+            if d is not None:
+                ties, non_ties = ties + d.tie, non_ties + (not d.tie)
+                log.warning("prompt %d: speculative output differs from greedy at token %d (gap %.3g, tie=%s)",
+                            i, d.position, d.gap, d.tie)  # fmt: skip
+            steps = len(recorder.record.accepted) - before
+            plain_s, spec_s, prefill_s = plain_s + tp, spec_s + ts, prefill_s + t1
+            rows.append([i, p.shape[1], steps, round(n / max(steps, 1), 3), round(tp, 3), round(ts, 3), d is None or d.tie])
+    finally:
+        recorder.close()
+    if non_ties:
+        raise RuntimeError(
+            f"speculative decoding changed {non_ties} greedy generation(s) at a non-tie: a bug, not a tolerance issue"
         )
+    generated = n * len(prompts)
+    metrics = {
+        "plain_tokens_per_s": generated / plain_s,
+        "speculative_tokens_per_s": generated / spec_s,
+        "speedup": plain_s / spec_s,
+        # Decode only: the plain prefill time taken off both sides.
+        "speedup_decode": (plain_s - prefill_s) / max(spec_s - prefill_s, 1e-9),
+        "greedy_identical_fraction": identical / len(prompts),
+        "greedy_divergences_at_ties": float(ties),
+    }
+    return Comparison(recorder.record, rows, metrics, identical, ties)
+
+
+def acceptance(rec: StepRecord, generated: int) -> dict[str, float]:
+    """Acceptance rate a as Bernoulli trials: every accepted token, plus the one rejection that ends a step early."""
+    steps = len(rec.accepted)
+    proposed, accepted = sum(rec.proposed), sum(rec.accepted)
+    rejections = sum(1 for p, a in zip(rec.proposed, rec.accepted, strict=True) if a < p)
+    return {
+        "acceptance_rate": accepted / max(accepted + rejections, 1),
+        "accepted_fraction_of_proposed": accepted / max(proposed, 1),
+        "mean_accepted_per_step": accepted / max(steps, 1),
+        "mean_tokens_per_step": generated / max(steps, 1),
+        "steps_without_proposal": float(sum(1 for p in rec.proposed if p == 0)),
+    }
+
+
+def prediction(
+    model: nn.Module, prompt: torch.Tensor, rec: StepRecord, alpha: float, gamma: int, pad: int | None, n: int
+) -> dict[str, float]:
+    """Leviathan et al.'s Thm 3.8 from the measured acceptance and costs, three ways.
+
+    Per step, averaged: a step proposing g tokens yields E(a, g) tokens for 1 + g c target steps of
+    time. With a constant gamma this is exactly (1 - a^(g+1)) / ((1 - a)(g c + 1)); prompt lookup
+    proposes 0..gamma tokens per step, so its steps enter with their own g.
+    """
+    steps = max(len(rec.accepted), 1)
+    target_step = decode_step_seconds(model, prompt, min(n, 16), pad, repeats=2)
+    draft_token_s = rec.draft_s / max(sum(rec.proposed), 1)
+    expected = sum(expected_tokens_per_step(alpha, g) for g in rec.proposed) / steps
+    draft_cost = (rec.draft_s / steps) / target_step  # draft time per step, in target steps
+    verify = verify_cost_ratio(model, prompt, gamma)
+    return {
+        "target_step_ms": 1e3 * target_step,
+        "draft_ms_per_token": 1e3 * draft_token_s,
+        "cost_ratio": draft_token_s / target_step,
+        "verify_cost_ratio": verify,
+        "predicted_tokens_per_step": expected,
+        "predicted_speedup": expected / (1 + draft_cost),
+        "predicted_speedup_formula_gamma": predicted_speedup(alpha, gamma, draft_token_s / target_step),
+        # The same with the measured cost of verifying gamma+1 tokens instead of one step's.
+        "predicted_speedup_with_verify_cost": expected / (draft_cost + verify),
+    }
+
+
+def _notes(drafting: Drafting, m: dict[str, float], comparison: Comparison, prompts: int) -> list[str]:
+    notes = [
+        f"speculative decoding with {drafting.what}: acceptance {m['acceptance_rate']:.3f}, "
+        f"{m['mean_tokens_per_step']:.2f} tokens per target pass, speedup {m['speedup']:.2f}x measured vs "
+        f"{m['predicted_speedup']:.2f}x predicted (Leviathan et al. 2023, Thm 3.8)",
+        f"greedy outputs: {comparison.identical}/{prompts} identical to plain greedy decoding, "
+        f"{comparison.ties} differ only at top-2 logit ties",
+    ]
+    v = m["verify_cost_ratio"]
+    if math.isfinite(v) and v > 1.2:
+        notes.append(f"verifying {drafting.gamma + 1} tokens costs {v:.2f}x a one-token step here (the formula assumes 1x)")
+    return notes

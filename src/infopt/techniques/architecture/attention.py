@@ -19,9 +19,10 @@ import torch
 
 from infopt.bench.measure import PeakMemory
 from infopt.errors import ConfigError
+from infopt.models.surgery import context_length, model_device
+from infopt.techniques.architecture.common import resolve_lengths
+from infopt.techniques.architecture.config import AttentionConfig
 from infopt.techniques.base import Applied, Technique
-from infopt.techniques.decode.common import max_context, model_device, resolve_lengths
-from infopt.techniques.decode.config import AttentionConfig
 
 if TYPE_CHECKING:
     from torch import nn
@@ -153,7 +154,6 @@ def _tokens(stream: torch.Tensor, n: int) -> torch.Tensor:
 class Attention(Technique):
     """Run the model with another attention kernel; sweep its cost over context lengths."""
 
-    config_class = AttentionConfig
 
     def check(self, cfg: InfoptConfig) -> None:
         c: AttentionConfig = self.config  # type: ignore[assignment]
@@ -183,7 +183,7 @@ class Attention(Technique):
 
         # Same outputs: logits of each setting against eager on one held-out block.
         metrics: dict[str, float] = {}
-        block = _tokens(ctx.data.heldout_stream, min(256, max_context(model))).to(device)
+        block = _tokens(ctx.data.heldout_stream, min(256, context_length(model.config))).to(device)
         for s in settings:
             if s != "eager":
                 metrics[f"max_abs_logit_diff_vs_eager/{s}"] = logits_diff(model, s, "eager", block)

@@ -48,14 +48,14 @@ def tiny(tokenizer, architecture="llama", layers=4, seed=0):
 
 
 def prompts(text_data, count=2, length=24):
-    from infopt.techniques.decode.common import stream_prompts
+    from infopt.techniques.architecture.common import stream_prompts
 
     return stream_prompts(text_data.heldout_stream, count, length)
 
 
 def assert_greedy_equivalent(model, prompt, reference, other, tol=1e-4):
     """Equal tokens, or the first difference sits at a top-2 logit tie (checked, not assumed)."""
-    from infopt.techniques.decode.common import divergence, eos_ids
+    from infopt.techniques.architecture.common import divergence, eos_ids
 
     d = divergence(model, prompt, reference[0], other[0], tol, suppress=eos_ids(model))
     assert d is None or d.tie, (
@@ -68,7 +68,7 @@ def assert_greedy_equivalent(model, prompt, reference, other, tol=1e-4):
 
 def test_divergence_detects_ties_and_non_ties(tokenizer, text_data):
     """Two tokens with identical embedding rows (tied head) have equal logits everywhere: a tie."""
-    from infopt.techniques.decode.common import divergence, greedy
+    from infopt.techniques.architecture.common import divergence, greedy
 
     model = tiny(tokenizer)
     p = prompts(text_data, 1)[0]
@@ -96,7 +96,7 @@ def test_divergence_detects_ties_and_non_ties(tokenizer, text_data):
 @pytest.mark.parametrize("architecture", ["llama", "gpt2"])
 @pytest.mark.parametrize("setting", ["sdpa", "sdpa:math", "sdpa:flash"])
 def test_sdpa_logits_equal_eager(tokenizer, text_data, architecture, setting):
-    from infopt.techniques.decode.attention import logits_diff
+    from infopt.techniques.architecture.attention import logits_diff
 
     model = tiny(tokenizer, architecture)
     ids = text_data.heldout_stream[:96].view(1, -1)
@@ -134,7 +134,7 @@ def test_attention_technique_sweeps_and_keeps_outputs(run_context, tokenizer):
 
 
 def test_flash_attention_on_cpu_is_rejected_before_loading():
-    from infopt.config.validate import validate_config
+    from infopt.composition.validate import validate_config
 
     with pytest.raises(ConfigError, match="flash_attention_2 needs a CUDA GPU"):
         validate_config(
@@ -164,7 +164,7 @@ def test_flash_attention_on_cpu_is_rejected_before_loading():
 
 @pytest.mark.parametrize("architecture", ["llama", "gpt2"])
 def test_static_cache_generates_like_dynamic(tokenizer, text_data, architecture):
-    from infopt.techniques.decode.common import greedy
+    from infopt.techniques.architecture.common import greedy
 
     model = tiny(tokenizer, architecture)
     for p in prompts(text_data):
@@ -185,8 +185,8 @@ FP8_MEAN_LOGIT_BOUND = 2**-3
 
 @pytest.mark.parametrize("architecture", ["llama", "gpt2"])
 def test_quantized_cache_changes_logits_within_bound(tokenizer, text_data, architecture):
-    from infopt.config.validate import validate_config
-    from infopt.techniques.decode.kv_cache import cache_in_loop_nll, make_cache
+    from infopt.composition.validate import validate_config
+    from infopt.techniques.architecture.kv_cache import cache_in_loop_nll, make_cache
 
     cfg = validate_config(
         compose_config(
@@ -247,7 +247,7 @@ def test_kv_cache_technique_reports_memory_and_quality(run_context, tokenizer):
 
 
 def test_offloaded_cache_on_cpu_is_rejected():
-    from infopt.config.validate import validate_config
+    from infopt.composition.validate import validate_config
 
     with pytest.raises(ConfigError, match="needs hardware=gpu"):
         validate_config(
@@ -285,7 +285,7 @@ def test_compiled_decode_step_matches_eager(run_context, tokenizer):
 
 
 def test_leviathan_formula_against_direct_sum():
-    from infopt.techniques.decode.speculative import expected_tokens_per_step, predicted_speedup
+    from infopt.techniques.architecture.speculative import expected_tokens_per_step, predicted_speedup
 
     for alpha in (0.0, 0.3, 0.8, 0.99):
         for gamma in (1, 3, 5):
@@ -299,8 +299,8 @@ def test_leviathan_formula_against_direct_sum():
 
 @pytest.mark.parametrize("architecture", ["llama", "gpt2"])
 def test_layer_subset_draft_keeps_tokens(tokenizer, text_data, architecture):
-    from infopt.techniques.decode.common import greedy
-    from infopt.techniques.decode.speculative import layer_subset_draft
+    from infopt.techniques.architecture.common import greedy
+    from infopt.techniques.architecture.speculative import layer_subset_draft
 
     model = tiny(tokenizer, architecture)
     draft = layer_subset_draft(model, 2)
@@ -316,7 +316,7 @@ def test_layer_subset_draft_keeps_tokens(tokenizer, text_data, architecture):
 
 def test_unrelated_draft_model_keeps_tokens(tokenizer, text_data):
     """A draft that shares nothing with the target (other seed, 1 layer): output still plain greedy's."""
-    from infopt.techniques.decode.common import greedy
+    from infopt.techniques.architecture.common import greedy
 
     model = tiny(tokenizer)
     draft = tiny(tokenizer, layers=1, seed=7)
@@ -327,8 +327,8 @@ def test_unrelated_draft_model_keeps_tokens(tokenizer, text_data):
 
 
 def test_prompt_lookup_keeps_tokens_and_proposes(tokenizer, text_data):
-    from infopt.techniques.decode.common import greedy
-    from infopt.techniques.decode.speculative import Recorder
+    from infopt.techniques.architecture.common import greedy
+    from infopt.techniques.architecture.speculative import Recorder
 
     model = tiny(tokenizer)
     rec = Recorder(model)
@@ -348,7 +348,7 @@ def test_prompt_lookup_keeps_tokens_and_proposes(tokenizer, text_data):
 
 def test_speculative_accounting_with_identical_draft(run_context, tokenizer):
     """A draft equal to the target accepts everything: acceptance 1, gamma + 1 tokens per target pass."""
-    from infopt.techniques.decode.speculative import Speculative
+    from infopt.techniques.architecture.speculative import Speculative
 
     ctx = run_context(
         [
@@ -395,7 +395,7 @@ def _save_tiny(tokenizer, path, vocab_size=None, extra_token=False):
 
 
 def test_draft_with_other_vocabulary_rejected_before_work(tmp_path, tokenizer):
-    from infopt.config.validate import validate_config
+    from infopt.composition.validate import validate_config
 
     small = _save_tiny(tokenizer, tmp_path / "small_vocab", vocab_size=1000)
     with pytest.raises(ConfigError, match="vocabulary has 1000 entries"):
@@ -438,7 +438,7 @@ def test_draft_with_other_vocabulary_rejected_before_work(tmp_path, tokenizer):
 
 
 def test_loaded_draft_with_other_vocabulary_rejected_before_generation(run_context, tokenizer):
-    from infopt.techniques.decode.speculative import Speculative
+    from infopt.techniques.architecture.speculative import Speculative
 
     ctx = run_context(["technique=speculative"])
     tech = Speculative(ctx.cfg.technique)
@@ -499,7 +499,7 @@ def test_inductor_compiled_decode_matches_eager(tokenizer, text_data):
     """Inductor (real generated C++ kernels) on CPU: compiled greedy tokens equal eager ones."""
     from transformers import CompileConfig
 
-    from infopt.techniques.decode.common import greedy
+    from infopt.techniques.architecture.common import greedy
 
     model = tiny(tokenizer)
     cc = CompileConfig(mode="default")
@@ -519,8 +519,8 @@ def test_smollm2_speculative_greedy_equivalence(tokenizer, text_data):
 
     from conftest import CACHE_DIR
     from infopt.models.embedded import cached_checkpoint
-    from infopt.techniques.decode.common import greedy
-    from infopt.techniques.decode.speculative import layer_subset_draft
+    from infopt.techniques.architecture.common import greedy
+    from infopt.techniques.architecture.speculative import layer_subset_draft
 
     model = AutoModelForCausalLM.from_pretrained(str(cached_checkpoint(CACHE_DIR))).eval()
     draft = layer_subset_draft(model, 3)

@@ -21,9 +21,13 @@ def to_object(cfg: DictConfig) -> InfoptConfig:
 
 
 def validate_config(cfg: DictConfig, *, check_technique: bool = True) -> InfoptConfig:
-    """Types (schema), ranges (``validate``), and the technique's cross-group checks."""
+    """Types (schema), ranges (``validate``), the bench backend, and the technique's cross-group checks."""
     obj = to_object(cfg)
     obj.validate()
+    if obj.bench.enabled and obj.bench.backend != "transformers":
+        from infopt.bench.backends import check_backend
+
+        check_backend(obj)
     if check_technique:
         from infopt.techniques.registry import build, config_class
 

@@ -28,17 +28,17 @@ from torch.nn import functional as F
 
 from infopt.bench.measure import PeakMemory
 from infopt.errors import ConfigError
-from infopt.techniques.base import Applied, Technique
-from infopt.techniques.decode.common import (
+from infopt.models.surgery import model_device
+from infopt.techniques.architecture.common import (
     cache_bytes,
     divergence,
     eos_ids,
     greedy,
-    model_device,
     resolve_lengths,
     stream_prompts,
 )
-from infopt.techniques.decode.config import KVCacheConfig
+from infopt.techniques.architecture.config import KVCacheConfig
+from infopt.techniques.base import Applied, Technique
 
 if TYPE_CHECKING:
     from torch import nn
@@ -127,7 +127,6 @@ def memory_point(
 class KVCache(Technique):
     """Decode with another KV-cache layout; measure its memory and quality effect."""
 
-    config_class = KVCacheConfig
 
     def check(self, cfg: InfoptConfig) -> None:
         c: KVCacheConfig = self.config  # type: ignore[assignment]

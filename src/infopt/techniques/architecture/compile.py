@@ -16,15 +16,15 @@ from __future__ import annotations
 
 import logging
 import math
-import statistics
 from typing import TYPE_CHECKING, Any
 
 import torch
 
+from infopt.bench.timing import repeat, timed
 from infopt.errors import ConfigError
+from infopt.techniques.architecture.common import decode_step_seconds, divergence, eos_ids, greedy, stream_prompts
+from infopt.techniques.architecture.config import TorchCompileConfig
 from infopt.techniques.base import Applied, Technique
-from infopt.techniques.decode.common import divergence, eos_ids, greedy, stream_prompts, timed
-from infopt.techniques.decode.config import TorchCompileConfig
 
 if TYPE_CHECKING:
     from torch import nn
@@ -45,34 +45,14 @@ def compile_config(c: TorchCompileConfig, device: torch.device):
     return cc
 
 
-def decode_speed(
-    model: nn.Module,
-    prompt: torch.Tensor,
-    new_tokens: int,
-    pad: int | None,
-    repeats: int,
-    **kwargs: Any,
-) -> float:
-    """Decode tokens/s excluding prefill: (t(N) - t(1)) / (N - 1).
-
-    Fastest of ``repeats`` runs on each side: on a shared CPU, other processes only ever add time,
-    and a difference of two medians can go negative under contention.
-    """
-    one = min(timed(lambda: greedy(model, prompt, 1, pad, **kwargs))[1] for _ in range(repeats))
-    full = min(
-        timed(lambda: greedy(model, prompt, new_tokens, pad, **kwargs))[1] for _ in range(repeats)
-    )
-    if full <= one:
-        return float(
-            "nan"
-        )  # contention swamped the measurement; reported as missing, never as huge
-    return (new_tokens - 1) / (full - one)
+def decode_speed(model: nn.Module, prompt: torch.Tensor, new_tokens: int, pad: int | None, repeats: int, **kwargs: Any) -> float:
+    """Decode tokens/s excluding prefill (NaN when contention swamped the measurement, never huge)."""
+    return 1 / decode_step_seconds(model, prompt, new_tokens, pad, repeats, **kwargs)
 
 
 class Compile(Technique):
     """Decode with a static cache and a torch.compile'd decode step."""
 
-    config_class = TorchCompileConfig
 
     def check(self, cfg: InfoptConfig) -> None:
         c: TorchCompileConfig = self.config  # type: ignore[assignment]
@@ -88,7 +68,7 @@ class Compile(Technique):
 
     def apply(self, model: nn.Module, ctx: RunContext) -> Applied:
         c: TorchCompileConfig = self.config  # type: ignore[assignment]
-        from infopt.techniques.decode.attention import set_attention
+        from infopt.techniques.architecture.attention import set_attention
 
         device = next(model.parameters()).device
         bench = ctx.cfg.bench
@@ -107,10 +87,7 @@ class Compile(Technique):
 
         # Compile happens inside the first compiled generate (at its first decode step).
         _, first_s = timed(lambda: greedy(model, prompts[0], n, pad, **compiled))
-        steady_s = statistics.median(
-            timed(lambda: greedy(model, prompts[0], n, pad, **compiled))[1]
-            for _ in range(c.repeats)
-        )
+        steady_s = repeat(lambda: greedy(model, prompts[0], n, pad, **compiled), c.repeats).median
         metrics["compile_s"] = max(first_s - steady_s, 0.0)
 
         ties = non_ties = identical = 0
