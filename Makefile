@@ -28,7 +28,7 @@ test-full: $(STAMP)
 	$(PY) -m pytest -q $(ARGS)
 
 bench: $(STAMP)
-	$(PY) -m infopt.bench.suite $(ARGS)
+	$(PY) benchmarks/framework.py $(ARGS)
 
 bench-llamacpp: $(STAMP)
 	$(PY) -m pip install -q ".[llamacpp]"

@@ -1,17 +1,16 @@
-"""`make bench`: the framework's own performance goals, measured on this machine.
+"""`make bench`: the framework's own turnaround, measured on this machine (a client of the public API).
 
 Prints a Markdown table (paste it into docs/benchmarks.md) and writes the same numbers to
 ``outputs/bench/<time>.json``. Each figure is a median over ``--repeats`` runs measured in this
 one process, so ratios compare like with like.
 
-    python -m infopt.bench.suite [--repeats 3] [--skip-runs]
+    python benchmarks/framework.py [--repeats 3] [--skip-runs]
 """
 
 from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -19,16 +18,15 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[3]
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))  # this checkout's infopt
 
 
 def _median_time(fn, repeats: int) -> tuple[float, list[float]]:
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times), times
+    from infopt.bench.timing import repeat
+
+    timing = repeat(fn, repeats)
+    return timing.median, timing.samples
 
 
 def bench_model_load(cache_dir: Path, repeats: int) -> dict[str, float]:

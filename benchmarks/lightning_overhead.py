@@ -6,7 +6,7 @@ LR schedule and gradient clipping; the Lightning side is the trainer infopt buil
 optimizer step is the median of the gaps between consecutive step ends (the first ``--skip``
 steps dropped); rounds alternate plain / Lightning so that load drift hits both.
 
-    flock /tmp/infopt-heavy.lock nice python scripts/distill_overhead.py --model smollm2_135m --steps 8
+    python benchmarks/lightning_overhead.py --model smollm2_135m --steps 8
 """
 
 from __future__ import annotations
@@ -44,8 +44,9 @@ def main() -> int:
     from infopt.config.schema import HardwareConfig
     from infopt.data.text import TextData
     from infopt.models.load import load_model, load_tokenizer, resolve
+    from infopt.models.surgery import num_layers
     from infopt.techniques.distill.config import DistillConfig, LossConfig
-    from infopt.techniques.distill.student import build_from_teacher, chosen_layers, num_layers
+    from infopt.techniques.distill.student import build_from_teacher, chosen_layers
     from infopt.techniques.distill.technique import DistillModule
     from infopt.training.config import TrainConfig
     from infopt.training.data import BlockDataModule, BlockDataset

@@ -121,15 +121,9 @@ def test_freeze_last_is_valid_and_reverse_is_checked():
     assert message is not None and "modifies float weights" in message
 
 
-def test_unimplemented_stage_is_named(monkeypatch):
-    # Every family has landed, so stand in a registered-but-unimplemented entry for distill.
-    from dataclasses import replace
-
-    from infopt.techniques import registry
-
-    monkeypatch.setitem(registry._SPECS, "distill", replace(registry.spec("distill"), impl=None))
-    message = _precheck(["technique.stages=[{name:distill}]"])
-    assert message is not None and "technique.stages[0]" in message and "not implemented" in message
+def test_a_study_cannot_be_a_stage():
+    message = _precheck(["technique.stages=[{name: layer_sensitivity, inner: {name: quantize}}]"])
+    assert message is not None and "technique.stages[0]" in message and "cannot be a stage" in message
 
 
 def test_combined_execution_is_the_weakest_claim():

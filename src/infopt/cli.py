@@ -13,10 +13,10 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from infopt.composition import CONF_DIR
 from infopt.composition.store import register_configs
 from infopt.errors import InfoptError
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
 EXIT_USER_ERROR = 2
 
 register_configs()

@@ -32,6 +32,20 @@ class RunContext:
     baseline: dict[str, dict[str, float]] | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
+    @classmethod
+    def standalone(cls, overrides: list[str] | tuple[str, ...] = (), output_dir: Path | str | None = None,
+                   cache_dir: Path | str | None = None) -> tuple[RunContext, nn.Module]:  # fmt: skip
+        """(context, model) as ``run.py`` sets them up, for benchmarks, notebooks and scripts: the
+        real config composed with ``overrides`` and validated, the model, tokenizer and data loaded the
+        same way, ``measure`` the run's eval + bench; no baseline and no logger."""
+        from infopt.composition import compose
+        from infopt.experiment import JobInfo, context, load, prepare
+        from infopt.tracking import RunLogger
+
+        setup = prepare(compose(overrides, output_dir, cache_dir), JobInfo())
+        loaded = load(setup)
+        return context(setup, loaded, RunLogger(setup.obj.logger, setup.output_dir), baseline=None), loaded.model
+
     def subdir(self, name: str) -> Path:
         """A directory inside this run's output dir (checkpoints, exports)."""
         path = self.output_dir / name

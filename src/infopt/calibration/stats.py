@@ -72,3 +72,21 @@ class TokenSample:
     @property
     def value(self) -> torch.Tensor:
         return torch.cat(self.rows)  # (<= max_tokens, in)
+
+
+def without_dead_inputs(w: torch.Tensor, H: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Float copies of an (out, in) weight and its Hessian where inputs that were never non-zero
+    (diag(H) = 0) get weight 0 and a unit diagonal, so H stays invertible (GPTQ, SparseGPT)."""
+    W = w.detach().float().contiguous().clone()  # Conv1D hands a transposed view
+    H = H.clone().float()
+    dead = torch.diag(H) == 0
+    H[dead, dead] = 1
+    W[:, dead] = 0
+    return W, H
+
+
+def inverse_hessian_cholesky(H: torch.Tensor, damp: float) -> torch.Tensor:
+    """Upper Cholesky factor of (H + damp * mean(diag H) * I)^-1: row i holds what column i's error
+    does to the columns after it (GPTQ Sec. 3, Step 3; SparseGPT Alg. 1)."""
+    H = H + damp * torch.mean(torch.diag(H)) * torch.eye(H.shape[0], device=H.device)
+    return torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)

@@ -19,9 +19,13 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+import torch
+
 from infopt.errors import ConfigError, ResourceError
+from infopt.models.surgery import decoder_layers, num_layers
 from infopt.studies.layer_sensitivity_config import LayerSensitivityConfig
 from infopt.techniques.base import Applied, Technique
 
@@ -97,8 +101,6 @@ class LayerSensitivity(Technique):
             raise ConfigError(f"technique.inner ({inner_cfg.name}): {err}") from None
 
     def apply(self, model: nn.Module, ctx: RunContext) -> Applied:
-        import torch
-
         cfg = self.config
         inner_cfg, inner = self._inner()
         blocks = ctx.data.heldout_blocks(cfg.seq_len)[: cfg.eval_blocks]  # (N, T)
@@ -108,89 +110,69 @@ class LayerSensitivity(Technique):
             )
         model.eval()
         base = mean_nll(model, blocks)
-
         inner_ctx = dataclasses.replace(
-            ctx,
-            cfg=dataclasses.replace(ctx.cfg, technique=inner_cfg),
-            output_dir=ctx.subdir("inner"),
+            ctx, cfg=dataclasses.replace(ctx.cfg, technique=inner_cfg), output_dir=ctx.subdir("inner")
         )
         applied = inner.apply(copy.deepcopy(model), inner_ctx)
-        changed = applied.model
-        changed.eval()
+        changed = applied.model.eval()
         full = mean_nll(changed, blocks)
-
-        from infopt.models.surgery import decoder_path
-
-        path = decoder_path(model)
-        originals = model.get_submodule(path)
-        replacements = changed.get_submodule(path)
-        metrics: dict[str, float] = {
-            "loss_base": base,
-            "loss_all_layers": full,
-            "delta_loss_all_layers": full - base,
-        }
-        rows: list[list[Any]] = []
-        with torch.no_grad():
-            for i in range(len(originals)):
-                for part in cfg.parts:
-                    if part == "block":
-                        saved = originals[i]
-                        originals[i] = replacements[i]
-                        try:
-                            loss = mean_nll(model, blocks)
-                        finally:
-                            originals[i] = saved
-                    else:
-                        child = part_name(originals[i], part)
-                        saved = getattr(originals[i], child)
-                        setattr(originals[i], child, getattr(replacements[i], child))
-                        try:
-                            loss = mean_nll(model, blocks)
-                        finally:
-                            setattr(originals[i], child, saved)
-                    metrics[f"layer{i:02d}/{part}/delta_loss"] = loss - base
-                    rows.append([i, part, loss, loss - base])
+        metrics = {"loss_base": base, "loss_all_layers": full, "delta_loss_all_layers": full - base}
+        rows = per_layer_losses(model, changed, blocks, cfg.parts, base, metrics)
         first = cfg.parts[0]
-        per_layer = sorted(
-            ((metrics[f"layer{i:02d}/{first}/delta_loss"], i) for i in range(len(originals))),
-            reverse=True,
-        )
-        metrics[f"sum_delta_loss_layers_{first}"] = sum(d for d, _ in per_layer)
-        top = [i for _, i in per_layer[: cfg.top_k]]
-        settings = {
-            k: v
-            for k, v in dataclasses.asdict(inner_cfg).items()
-            if k not in ("name", "export", "save_model")
-        }
+        ranked = sorted(((metrics[f"layer{i:02d}/{first}/delta_loss"], i) for i in range(num_layers(model))), reverse=True)
+        metrics[f"sum_delta_loss_layers_{first}"] = sum(d for d, _ in ranked)
+        settings = {k: v for k, v in dataclasses.asdict(inner_cfg).items() if k not in ("name", "export", "save_model")}
         notes = [
             f"layer sensitivity of {inner_cfg.name} {settings}; loss = mean token NLL on {blocks.shape[0]} held-out "
             f"windows of {cfg.seq_len} tokens: base {base:.4f}, all layers changed {full:.4f}",
-            f"most sensitive layers ({first}): {top}; keep them at a milder setting with the technique's per-layer overrides",
+            f"most sensitive layers ({first}): {[i for _, i in ranked[: cfg.top_k]]}; keep them at a milder setting "
+            "with the technique's per-layer overrides",
             "calibration-based methods calibrate each layer on inputs from already-changed earlier layers; "
             "for data-free methods the per-layer numbers are exact",
             *applied.notes,
         ]
-        ctx.logger.log_table("layer_sensitivity", ["layer", "part", "loss", "delta_loss"], rows)
+        artifacts = {**applied.artifacts, **self._heatmap(metrics, inner_cfg.name, ctx)}
+        table = {"columns": ["layer", "part", "loss", "delta_loss"], "rows": rows}
+        return Applied(
+            model=changed, execution=applied.execution, generate_kwargs=applied.generate_kwargs, metrics=metrics,
+            notes=notes, artifacts=artifacts, tokenizer=applied.tokenizer, tables={"layer_sensitivity": table},
+        )  # fmt: skip
+
+    @staticmethod
+    def _heatmap(metrics: dict[str, float], inner: str, ctx: RunContext) -> dict[str, str]:
         try:
             from infopt.report.plots import layer_heatmap_png
-
-            png = ctx.output_dir / "layer_sensitivity.png"
-            layers, parts, matrix = heatmap_matrix(metrics)
-            png.write_bytes(
-                layer_heatmap_png(
-                    layers, parts, matrix, title=f"held-out loss change per layer: {inner_cfg.name}"
-                )
-            )
-            ctx.logger.log_image("layer_sensitivity/heatmap", png)
-            artifacts = {**applied.artifacts, "heatmap": str(png)}
         except ImportError:  # matplotlib missing: the numbers are still in the record
-            artifacts = dict(applied.artifacts)
-        return Applied(
-            model=changed,
-            execution=applied.execution,
-            generate_kwargs=applied.generate_kwargs,
-            metrics=metrics,
-            notes=notes,
-            artifacts=artifacts,
-            tokenizer=applied.tokenizer,
-        )
+            return {}
+        png = ctx.output_dir / "layer_sensitivity.png"
+        layers, parts, matrix = heatmap_matrix(metrics)
+        png.write_bytes(layer_heatmap_png(layers, parts, matrix, title=f"held-out loss change per layer: {inner}"))
+        ctx.logger.log_image("layer_sensitivity/heatmap", png)
+        return {"heatmap": str(png)}
+
+
+@contextmanager
+def swapped(model: nn.Module, changed: nn.Module, index: int, part: str):
+    """Decoder layer ``index`` of ``model`` (or its attention / MLP part) replaced by ``changed``'s, for the block."""
+    layers, replacements = decoder_layers(model), decoder_layers(changed)
+    owner, name = (layers, str(index)) if part == "block" else (layers[index], part_name(layers[index], part))
+    source = replacements if part == "block" else replacements[index]
+    saved = owner[index] if part == "block" else getattr(owner, name)
+    setattr(owner, name, source[index] if part == "block" else getattr(source, name))
+    try:
+        yield
+    finally:
+        setattr(owner, name, saved)
+
+
+@torch.no_grad()
+def per_layer_losses(model, changed, blocks, parts: list[str], base: float, metrics: dict[str, float]) -> list[list[Any]]:
+    """Held-out loss with each layer (part) alone taken from ``changed``; adds ``layerNN/<part>/delta_loss``."""
+    rows: list[list[Any]] = []
+    for i in range(num_layers(model)):
+        for part in parts:
+            with swapped(model, changed, i, part):
+                loss = mean_nll(model, blocks)
+            metrics[f"layer{i:02d}/{part}/delta_loss"] = loss - base
+            rows.append([i, part, loss, loss - base])
+    return rows

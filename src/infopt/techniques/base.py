@@ -76,3 +76,39 @@ class Technique(ABC):
     @abstractmethod
     def apply(self, model: nn.Module, ctx: RunContext) -> Applied:
         """Transform (or wrap) ``model``; may modify it in place and return it."""
+
+
+def stage_record(
+    step: int,
+    name: str,
+    applied: Applied,
+    wall_s: float,
+    result: dict[str, Any] | None,
+    baseline: dict[str, Any] | None,
+    previous: dict[str, Any] | None,
+    *,
+    index: int | None = None,
+    method: str | None = None,
+    config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """One stage as ``results.json``'s ``stages[]`` holds it (pipeline stages, and a technique's own
+    sub-steps such as prune then recover). ``ratios.cumulative`` compares ``result`` with the untouched
+    baseline, ``ratios.stage`` with the previous stage's measurement."""
+    from infopt.results import compute_ratios
+
+    return {
+        "step": step,
+        "index": step - 1 if index is None else index,
+        "name": name,
+        "method": method,
+        "config": config,
+        "execution": applied.execution,
+        "wall_s": wall_s,
+        "metrics": dict(applied.metrics),
+        "notes": list(applied.notes),
+        "result": result,
+        "ratios": {
+            "cumulative": compute_ratios(baseline, result) if baseline and result else {},
+            "stage": compute_ratios(previous, result) if previous and result else {},
+        },
+    }

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import dataclasses
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from infopt.errors import ConfigError
-from infopt.techniques.base import Applied, Technique
+from infopt.results import flatten
+from infopt.techniques.base import Applied, Technique, stage_record
 from infopt.techniques.pipeline_config import PipelineConfig
 
 if TYPE_CHECKING:
@@ -98,80 +99,42 @@ class Pipeline(Technique):
                 raise ConfigError(f"{where}: {err}") from None
 
     def apply(self, model: nn.Module, ctx: RunContext) -> Applied:
-        from infopt.results import compute_ratios, flatten
-
         stages = self._stages()
-        generate_kwargs: dict[str, Any] = {}
-        records: list[dict[str, Any]] = []
-        metrics: dict[str, float] = {}
-        notes: list[str] = []
-        artifacts: dict[str, str] = {}
+        out = Applied(model=model, stages=[])
         executions: list[str] = []
-        tokenizer = None
-        previous = ctx.baseline
-        measurement = None
+        previous, measurement = ctx.baseline, None
         for step, (index, stage_cfg, technique) in enumerate(stages):
-            label = f"{step + 1}_{stage_cfg.name}"
             stage_ctx = dataclasses.replace(
-                ctx,
-                cfg=dataclasses.replace(ctx.cfg, technique=stage_cfg),
-                output_dir=ctx.subdir(f"stages/{label}"),
-            )
+                ctx, cfg=dataclasses.replace(ctx.cfg, technique=stage_cfg),
+                output_dir=ctx.subdir(f"stages/{step + 1}_{stage_cfg.name}"),
+            )  # fmt: skip
             t = time.perf_counter()
-            applied = technique.apply(model, stage_ctx)
+            applied = technique.apply(out.model, stage_ctx)
             wall_s = time.perf_counter() - t
-            model = applied.model
-            generate_kwargs.update(applied.generate_kwargs)
-            tokenizer = applied.tokenizer or tokenizer
+            out.model = applied.model
+            out.generate_kwargs.update(applied.generate_kwargs)
+            out.tokenizer = applied.tokenizer or out.tokenizer
             executions.append(applied.execution)
-            last = step == len(stages) - 1
             measurement = None
-            if ctx.measure is not None and (self.config.measure_stages or last):
-                measurement = ctx.measure(model, generate_kwargs)
-            record: dict[str, Any] = {
-                "step": step + 1,
-                "index": index,
-                "name": stage_cfg.name,
-                "method": stage_cfg.method_label,
-                "config": dataclasses.asdict(stage_cfg),
-                "execution": applied.execution,
-                "wall_s": wall_s,
-                "metrics": dict(applied.metrics),
-                "notes": list(applied.notes),
-                "result": measurement,
-                # cumulative: against the untouched baseline; stage: against the previous stage.
-                "ratios": {
-                    "cumulative": compute_ratios(ctx.baseline, measurement)
-                    if ctx.baseline and measurement
-                    else {},
-                    "stage": compute_ratios(previous, measurement)
-                    if previous and measurement
-                    else {},
-                },
-            }
-            records.append(record)
+            if ctx.measure is not None and (self.config.measure_stages or step == len(stages) - 1):
+                measurement = ctx.measure(out.model, out.generate_kwargs)
+            record = stage_record(
+                step + 1, stage_cfg.name, applied, wall_s, measurement, ctx.baseline, previous,
+                index=index, method=stage_cfg.method_label, config=dataclasses.asdict(stage_cfg),
+            )  # fmt: skip
+            out.stages.append(record)
             if measurement is not None:
                 previous = measurement
                 logged = {"pipeline/step": step + 1, **flatten(measurement, prefix="pipeline/")}
-                logged.update(
-                    {f"pipeline/ratios/{k}": v for k, v in record["ratios"]["cumulative"].items()}
-                )
+                logged.update({f"pipeline/ratios/{k}": v for k, v in record["ratios"]["cumulative"].items()})
                 ctx.logger.log_metrics(logged, step=step)
-            metrics.update(
-                {f"stage{step + 1}_{stage_cfg.name}/{k}": v for k, v in applied.metrics.items()}
-            )
-            notes.extend(f"stage {step + 1} ({stage_cfg.name}): {n}" for n in applied.notes)
-            artifacts.update({f"stage{step + 1}_{k}": v for k, v in applied.artifacts.items()})
-        order = " -> ".join(f"{r['name']} ({r['execution']})" for r in records)
-        notes.insert(0, f"pipeline order: {order}")
-        return Applied(
-            model=model,
-            execution=combined_execution(executions),
-            generate_kwargs=generate_kwargs,
-            metrics=metrics,
-            notes=notes,
-            artifacts=artifacts,
-            stages=records,
-            tokenizer=tokenizer,
-            measured=measurement,
-        )
+            prefix = f"stage{step + 1}"
+            out.metrics.update({f"{prefix}_{stage_cfg.name}/{k}": v for k, v in applied.metrics.items()})
+            out.notes.extend(f"stage {step + 1} ({stage_cfg.name}): {n}" for n in applied.notes)
+            out.artifacts.update({f"{prefix}_{k}": v for k, v in applied.artifacts.items()})
+            out.tables.update({f"{prefix}_{k}": v for k, v in applied.tables.items()})
+        order = " -> ".join(f"{r['name']} ({r['execution']})" for r in out.stages)
+        out.notes.insert(0, f"pipeline order: {order}")
+        out.execution, out.measured = combined_execution(executions), measurement
+        return out
+

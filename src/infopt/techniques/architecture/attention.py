@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import logging
 import statistics
-import time
 from typing import TYPE_CHECKING
 
 import torch
 
 from infopt.bench.measure import PeakMemory
+from infopt.bench.timing import timed
 from infopt.errors import ConfigError
 from infopt.models.surgery import context_length, model_device
-from infopt.techniques.architecture.common import resolve_lengths
+from infopt.techniques.architecture.common import resolve_lengths, tokens_of_length
 from infopt.techniques.architecture.config import AttentionConfig
 from infopt.techniques.base import Applied, Technique
 
@@ -119,21 +119,18 @@ def sweep_point(
     prefill_s, decode_s, working = [], [], []
     for _ in range(repeats):
         with PeakMemory(device) as mem:
-            t = time.perf_counter()
-            out = model(input_ids=ids, use_cache=True)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            prefill_s.append(time.perf_counter() - t)
-            cache, token = out.cache, out.logits[:, -1:].argmax(-1)  # (1, 1)
+            out, seconds = timed(lambda: model(input_ids=ids, use_cache=True), device)
+            prefill_s.append(seconds)
+            state = {"cache": out.cache, "token": out.logits[:, -1:].argmax(-1)}  # token (1, 1)
             del out
-            t = time.perf_counter()
-            for _ in range(decode_tokens):
-                out = model(input_ids=token, cache=cache, use_cache=True)
-                cache, token = out.cache, out.logits[:, -1:].argmax(-1)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            decode_s.append((time.perf_counter() - t) / decode_tokens)
-            del cache, out
+
+            def steps(state=state):
+                for _ in range(decode_tokens):
+                    out = model(input_ids=state["token"], cache=state["cache"], use_cache=True)
+                    state["cache"], state["token"] = out.cache, out.logits[:, -1:].argmax(-1)
+
+            decode_s.append(timed(steps, device)[1] / decode_tokens)
+            del state
         working.append((mem.peak - mem.start) / MB)
     prefill, decode = statistics.median(prefill_s), statistics.median(decode_s)
     return {
@@ -143,12 +140,6 @@ def sweep_point(
         "decode_tokens_per_s": 1 / decode,
         "working_memory_mb": max(working),
     }
-
-
-def _tokens(stream: torch.Tensor, n: int) -> torch.Tensor:
-    """(1, n) real-text tokens; the stream is repeated when shorter than n (timing only)."""
-    reps = -(-n // max(stream.numel(), 1))
-    return stream.repeat(reps)[:n].view(1, n).clone()
 
 
 class Attention(Technique):
@@ -180,59 +171,37 @@ class Attention(Technique):
                 notes.append(f"{s} skipped: {reason}")
             elif s not in settings:
                 settings.append(s)
-
         # Same outputs: logits of each setting against eager on one held-out block.
-        metrics: dict[str, float] = {}
-        block = _tokens(ctx.data.heldout_stream, min(256, context_length(model.config))).to(device)
-        for s in settings:
-            if s != "eager":
-                metrics[f"max_abs_logit_diff_vs_eager/{s}"] = logits_diff(model, s, "eager", block)
+        block = tokens_of_length(ctx.data.heldout_stream, min(256, context_length(model.config))).to(device)
+        metrics = {f"max_abs_logit_diff_vs_eager/{s}": logits_diff(model, s, "eager", block) for s in settings if s != "eager"}
         diff = metrics.get(f"max_abs_logit_diff_vs_eager/{chosen}", 0.0)
         metrics["logits_match_eager"] = float(diff <= c.logit_tolerance)
         if diff > c.logit_tolerance:
-            notes.append(
-                f"{chosen}: logits differ from eager by up to {diff:.3g} (> tolerance {c.logit_tolerance:g})"
-            )
+            notes.append(f"{chosen}: logits differ from eager by up to {diff:.3g} (> tolerance {c.logit_tolerance:g})")
+        rows = self._sweep(model, settings, ctx.data.heldout_stream, metrics, notes)
+        set_attention(model, chosen)
+        notes.append(f"attention runs as {chosen} (config: {model.config._attn_implementation}); weights unchanged")
+        return Applied(model=model, execution="dense", metrics=metrics, notes=notes,
+                       tables={"sweep": {"columns": SWEEP_COLUMNS, "rows": rows}})  # fmt: skip
 
-        # Cost over context lengths: every setting at every length.
-        lengths = resolve_lengths(model, c.context_lengths)
-        columns = [
-            "attention",
-            "context",
-            "prefill_ms",
-            "prefill_tokens_per_s",
-            "decode_ms_per_token",
-            "decode_tokens_per_s",
-            "working_memory_mb",
-        ]
+    def _sweep(self, model: nn.Module, settings: list[str], stream, metrics: dict, notes: list[str]) -> list[list]:
+        """Cost over context lengths: every setting at every length."""
+        c: AttentionConfig = self.config  # type: ignore[assignment]
         rows = []
         for s in settings:
             set_attention(model, s)
-            for n in lengths:
-                ids = _tokens(ctx.data.heldout_stream, n).to(device)
+            for n in resolve_lengths(model, c.context_lengths):
+                ids = tokens_of_length(stream, n).to(model_device(model))
                 try:
                     point = sweep_point(model, ids, c.decode_tokens, c.repeats)
-                except (
-                    RuntimeError,
-                    MemoryError,
-                ) as err:  # e.g. out of memory at the maximum context
-                    notes.append(
-                        f"{s} at {n} tokens failed: {type(err).__name__}: {str(err).splitlines()[0][:160]}"
-                    )
+                except (RuntimeError, MemoryError) as err:  # e.g. out of memory at the maximum context
+                    notes.append(f"{s} at {n} tokens failed: {type(err).__name__}: {str(err).splitlines()[0][:160]}")
                     continue
                 log.info("attention %s ctx=%d: %s", s, n, point)
-                rows.append([s, n, *(round(point[k], 3) for k in columns[2:])])
-                for k, v in point.items():
-                    metrics[f"{k}/{s}/ctx{n}"] = v
-        ctx.logger.log_table("attention_sweep", columns, rows)
-        set_attention(model, chosen)
-        notes.append(
-            f"attention runs as {chosen} (config: {model.config._attn_implementation}); weights unchanged"
-        )
-        return Applied(
-            model=model,
-            execution="dense",
-            metrics=metrics,
-            notes=notes,
-            tables={"sweep": {"columns": columns, "rows": rows}},
-        )
+                rows.append([s, n, *(round(point[k], 3) for k in SWEEP_COLUMNS[2:])])
+                metrics.update({f"{k}/{s}/ctx{n}": v for k, v in point.items()})
+        return rows
+
+
+SWEEP_COLUMNS = ["attention", "context", "prefill_ms", "prefill_tokens_per_s", "decode_ms_per_token",
+                 "decode_tokens_per_s", "working_memory_mb"]  # fmt: skip

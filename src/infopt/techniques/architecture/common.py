@@ -102,6 +102,12 @@ def document_prompts(
     return prompts
 
 
+def tokens_of_length(stream: torch.Tensor, n: int) -> torch.Tensor:
+    """(1, n) real-text tokens; the stream is repeated when shorter than n (for timing and memory only)."""
+    reps = -(-n // max(stream.numel(), 1))
+    return stream.repeat(reps)[:n].view(1, n).clone()
+
+
 def stream_prompts(stream: torch.Tensor, count: int, length: int) -> list[torch.Tensor]:
     """``count`` disjoint (1, length) windows of a token stream (fewer if it is short)."""
     n = min(count, stream.numel() // length)
@@ -154,6 +160,47 @@ def divergence(
     gap = float(top - logits[oth_tok])
     tie = gap <= tolerance and float(top - logits[ref_tok]) <= tolerance
     return Divergence(i, ref_tok, oth_tok, gap, tie)
+
+
+@dataclass
+class Agreement:
+    """Greedy generations of a decode path against plain greedy decoding, over several prompts."""
+
+    prompts: int
+    identical: int  # prompts whose tokens are all equal
+    ties: int  # prompts that first differ at a top-2 logit tie
+    non_ties: int  # prompts that differ elsewhere (a bug for exact paths)
+    prefix_fraction: float  # generated tokens before the first difference, over all generated
+
+    def metrics(self) -> dict[str, float]:
+        return {
+            "greedy_identical_fraction": self.identical / self.prompts,
+            "greedy_prefix_agreement": self.prefix_fraction,
+            "greedy_divergences_at_ties": float(self.ties),
+            "greedy_divergences_not_ties": float(self.non_ties),
+        }
+
+
+def greedy_agreement(
+    model: nn.Module,
+    prompts: list[torch.Tensor],
+    new_tokens: int,
+    pad: int | None,
+    kwargs: dict[str, Any],
+    tolerance: float = 1e-4,
+    references: list[torch.Tensor] | None = None,
+) -> Agreement:
+    """Compare ``greedy(..., **kwargs)`` with plain greedy (or ``references``) on each prompt."""
+    identical = ties = non_ties = agree = 0
+    for i, p in enumerate(prompts):
+        ref = references[i] if references is not None else greedy(model, p, new_tokens, pad)[0]
+        out = greedy(model, p, new_tokens, pad, **kwargs)[0]
+        d = divergence(model, p, ref, out, tolerance, suppress=eos_ids(model))
+        if d is None:
+            identical, agree = identical + 1, agree + new_tokens
+        else:
+            agree, ties, non_ties = agree + d.position, ties + d.tie, non_ties + (not d.tie)
+    return Agreement(len(prompts), identical, ties, non_ties, agree / (len(prompts) * new_tokens))
 
 
 def eos_ids(model: nn.Module) -> list[int]:

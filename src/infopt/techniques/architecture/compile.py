@@ -22,7 +22,7 @@ import torch
 
 from infopt.bench.timing import repeat, timed
 from infopt.errors import ConfigError
-from infopt.techniques.architecture.common import decode_step_seconds, divergence, eos_ids, greedy, stream_prompts
+from infopt.techniques.architecture.common import decode_step_seconds, greedy, greedy_agreement, stream_prompts
 from infopt.techniques.architecture.config import TorchCompileConfig
 from infopt.techniques.base import Applied, Technique
 
@@ -68,90 +68,51 @@ class Compile(Technique):
 
     def apply(self, model: nn.Module, ctx: RunContext) -> Applied:
         c: TorchCompileConfig = self.config  # type: ignore[assignment]
-        from infopt.techniques.architecture.attention import set_attention
-
-        device = next(model.parameters()).device
         bench = ctx.cfg.bench
         max_len = c.max_cache_len or bench.prompt_tokens + max(bench.new_tokens, c.check_new_tokens)
         # One cache length for every call: the compiled step keeps one shape and never recompiles for length.
         static = {"cache_implementation": "static", "max_cache_len": max_len}
-        compiled = {**static, "compile_config": compile_config(c, device)}
-        pad = ctx.tokenizer.pad_token_id
+        compiled = {**static, "compile_config": compile_config(c, next(model.parameters()).device)}
+        pad, n = ctx.tokenizer.pad_token_id, c.check_new_tokens
         prompts = stream_prompts(ctx.data.heldout_stream, c.check_prompts, bench.prompt_tokens)
-        n = c.check_new_tokens
-        metrics: dict[str, float] = {}
-        notes: list[str] = []
-
-        # Reference: greedy tokens of the model as loaded (dynamic cache, no compile).
+        # Reference: greedy tokens of the model as loaded (dynamic cache, no compile), before any compile.
         references = [greedy(model, p, n, pad)[0] for p in prompts]
-
         # Compile happens inside the first compiled generate (at its first decode step).
         _, first_s = timed(lambda: greedy(model, prompts[0], n, pad, **compiled))
         steady_s = repeat(lambda: greedy(model, prompts[0], n, pad, **compiled), c.repeats).median
-        metrics["compile_s"] = max(first_s - steady_s, 0.0)
-
-        ties = non_ties = identical = 0
-        for p, ref in zip(prompts, references, strict=True):
-            out = greedy(model, p, n, pad, **compiled)[0]
-            d = divergence(model, p, ref, out, 1e-4, suppress=eos_ids(model))
-            identical += d is None
-            if d is not None:
-                ties += d.tie
-                non_ties += not d.tie
-        metrics["greedy_identical_fraction"] = identical / len(prompts)
-        metrics["greedy_divergences_at_ties"] = float(ties)
-        metrics["greedy_divergences_not_ties"] = float(non_ties)
-        if non_ties:
-            notes.append(
-                f"compiled decode: {non_ties} generation(s) differ from eager greedy at a non-tie"
-            )
-
-        # Steady-state decode speed on the same prompt, three ways, plus eager attention as the floor.
-        p = prompts[0]
-        r = c.repeats
-        metrics["decode_tokens_per_s/compiled_static"] = decode_speed(
-            model, p, n, pad, r, **compiled
-        )
-        metrics["decode_tokens_per_s/static"] = decode_speed(
-            model, p, n, pad, r, **static, disable_compile=True
-        )
-        metrics["decode_tokens_per_s/dynamic"] = decode_speed(model, p, n, pad, r)
-        loaded = model.config._attn_implementation
-        if loaded != "eager":
-            set_attention(model, "eager")
-            metrics["decode_tokens_per_s/eager_attention_dynamic"] = decode_speed(
-                model, p, n, pad, r
-            )
-            set_attention(model, loaded)
-        else:
-            metrics["decode_tokens_per_s/eager_attention_dynamic"] = metrics[
-                "decode_tokens_per_s/dynamic"
-            ]
-        if any(math.isnan(v) for k, v in metrics.items() if k.startswith("decode_tokens_per_s/")):
-            notes.append(
-                "a decode speed could not be measured (t(N) <= t(1): CPU contention); rerun on a quiet machine"
-            )
-        metrics["speedup_vs_dynamic"] = (
-            metrics["decode_tokens_per_s/compiled_static"] / metrics["decode_tokens_per_s/dynamic"]
-        )
-        metrics["speedup_vs_eager_attention_dynamic"] = (
-            metrics["decode_tokens_per_s/compiled_static"]
-            / metrics["decode_tokens_per_s/eager_attention_dynamic"]
-        )
-        log.info("compile: %s", metrics)
-        ctx.logger.log_table(
-            "compile",
-            ["variant", "decode_tokens_per_s"],
-            [
-                [k.split("/", 1)[1], round(v, 2)]
-                for k, v in metrics.items()
-                if k.startswith("decode_tokens_per_s/")
-            ],
-        )
-        notes.append(
+        agreement = greedy_agreement(model, prompts, n, pad, compiled, references=references)
+        metrics = {"compile_s": max(first_s - steady_s, 0.0), **agreement.metrics()}
+        speeds = decode_speeds(model, prompts[0], n, pad, c.repeats, static, compiled)
+        metrics.update({f"decode_tokens_per_s/{k}": v for k, v in speeds.items()})
+        metrics["speedup_vs_dynamic"] = speeds["compiled_static"] / speeds["dynamic"]
+        metrics["speedup_vs_eager_attention_dynamic"] = speeds["compiled_static"] / speeds["eager_attention_dynamic"]
+        notes = [
             f"decode step compiled with torch.compile(backend={c.backend}, mode={c.mode}); static cache of {max_len} tokens; "
             f"compile took {metrics['compile_s']:.1f} s (excluded from speeds)"
-        )
-        return Applied(
-            model=model, execution="dense", generate_kwargs=compiled, metrics=metrics, notes=notes
-        )
+        ]
+        if agreement.non_ties:
+            notes.append(f"compiled decode: {agreement.non_ties} generation(s) differ from eager greedy at a non-tie")
+        if any(math.isnan(v) for v in speeds.values()):
+            notes.append("a decode speed could not be measured (t(N) <= t(1): CPU contention); rerun on a quiet machine")
+        table = {"columns": ["variant", "decode_tokens_per_s"], "rows": [[k, round(v, 2)] for k, v in speeds.items()]}
+        return Applied(model=model, execution="dense", generate_kwargs=compiled, metrics=metrics, notes=notes,
+                       tables={"decode_speed": table})  # fmt: skip
+
+
+def decode_speeds(model: nn.Module, prompt, n: int, pad, repeats: int, static: dict, compiled: dict) -> dict[str, float]:
+    """Steady-state decode tokens/s on one prompt: compiled static, static, dynamic, and eager attention."""
+    from infopt.techniques.architecture.attention import set_attention
+
+    speeds = {
+        "compiled_static": decode_speed(model, prompt, n, pad, repeats, **compiled),
+        "static": decode_speed(model, prompt, n, pad, repeats, **static, disable_compile=True),
+        "dynamic": decode_speed(model, prompt, n, pad, repeats),
+    }
+    loaded = model.config._attn_implementation
+    if loaded == "eager":
+        speeds["eager_attention_dynamic"] = speeds["dynamic"]
+    else:
+        set_attention(model, "eager")
+        speeds["eager_attention_dynamic"] = decode_speed(model, prompt, n, pad, repeats)
+        set_attention(model, loaded)
+    return speeds

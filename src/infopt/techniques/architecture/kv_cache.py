@@ -31,11 +31,10 @@ from infopt.errors import ConfigError
 from infopt.models.surgery import model_device
 from infopt.techniques.architecture.common import (
     cache_bytes,
-    divergence,
-    eos_ids,
-    greedy,
+    greedy_agreement,
     resolve_lengths,
     stream_prompts,
+    tokens_of_length,
 )
 from infopt.techniques.architecture.config import KVCacheConfig
 from infopt.techniques.base import Applied, Technique
@@ -112,8 +111,7 @@ def memory_point(
 ) -> dict[str, float]:
     """Cache bytes after prefilling n tokens and one decode step; peak working memory of both."""
     device = model_device(model)
-    reps = -(-n // max(stream.numel(), 1))
-    ids = stream.repeat(reps)[:n].view(1, n).to(device)  # (1, n)
+    ids = tokens_of_length(stream, n).to(device)  # (1, n)
     cache = make_cache(model, implementation, n + 1, c)
     with PeakMemory(device) as mem:
         out = model(input_ids=ids, cache=cache, use_cache=True)
@@ -147,90 +145,65 @@ class KVCache(Technique):
 
     def apply(self, model: nn.Module, ctx: RunContext) -> Applied:
         c: KVCacheConfig = self.config  # type: ignore[assignment]
-        metrics: dict[str, float] = {}
-        notes: list[str] = []
-        stream = ctx.data.heldout_stream
-
-        # Memory against context length, this cache and the dynamic one.
-        columns = ["cache", "context", "cache_mb", "working_memory_mb"]
-        rows = []
-        for n in resolve_lengths(model, c.context_lengths):
-            for impl in dict.fromkeys(["dynamic", c.implementation]):
-                point = memory_point(model, impl, n, c, stream)
-                rows.append(
-                    [impl, n, round(point["cache_mb"], 3), round(point["working_memory_mb"], 1)]
-                )
-                tag = "dynamic" if impl == "dynamic" and impl != c.implementation else "cache"
-                for k, v in point.items():
-                    metrics[f"{k}/{tag}/ctx{n}"] = v
-            if c.implementation != "dynamic":
-                metrics[f"cache_memory_ratio/ctx{n}"] = metrics[f"cache_mb/dynamic/ctx{n}"] / max(
-                    metrics[f"cache_mb/cache/ctx{n}"], 1e-12
-                )
-        ctx.logger.log_table("kv_cache_memory", columns, rows)
-
-        # Perplexity with the cache in the loop, against the dynamic cache under the same protocol.
+        rows, metrics = memory_table(model, c, ctx.data.heldout_stream)
         windows = ctx.data.heldout_blocks(c.ppl_window)[: c.ppl_windows]
         if windows.shape[0] == 0:
-            raise ConfigError(
-                f"technique.ppl_window={c.ppl_window}: the held-out text is shorter than one window"
-            )
-        totals = {"dynamic": [0.0, 0], "cache": [0.0, 0]}
-        max_diff = 0.0
-        for w in windows:
-            nll_d, n_d, logits_d = cache_in_loop_nll(
-                model, w, make_cache(model, "dynamic", c.ppl_window, c), c.ppl_chunk
-            )
-            nll_c, n_c, logits_c = cache_in_loop_nll(
-                model, w, make_cache(model, c.implementation, c.ppl_window, c), c.ppl_chunk
-            )
-            totals["dynamic"][0] += nll_d
-            totals["dynamic"][1] += n_d
-            totals["cache"][0] += nll_c
-            totals["cache"][1] += n_c
-            max_diff = max(max_diff, float((logits_c - logits_d).abs().max()))
-        ppl_d = math.exp(totals["dynamic"][0] / totals["dynamic"][1])
-        ppl_c = math.exp(totals["cache"][0] / totals["cache"][1])
-        key = f"w{c.ppl_window}_chunk{c.ppl_chunk}"
-        metrics[f"token_perplexity_cache_in_loop_{key}"] = ppl_c
-        metrics[f"token_perplexity_dynamic_in_loop_{key}"] = ppl_d
-        metrics["perplexity_ratio_vs_dynamic"] = ppl_c / ppl_d
-        metrics["max_abs_logit_diff_vs_dynamic"] = max_diff
-
-        # Greedy agreement with the dynamic cache on held-out prompts.
+            raise ConfigError(f"technique.ppl_window={c.ppl_window}: the held-out text is shorter than one window")
+        metrics.update(perplexity_in_loop(model, c, windows))
         kwargs = generate_kwargs(c)
-        pad = ctx.tokenizer.pad_token_id
-        identical, agree, ties, non_ties = 0, 0, 0, 0
-        prompts = stream_prompts(stream, c.agreement_prompts, c.agreement_prompt_tokens)
-        for p in prompts:
-            ref = greedy(model, p, c.agreement_new_tokens, pad)[0]
-            out = greedy(model, p, c.agreement_new_tokens, pad, **kwargs)[0]
-            d = divergence(model, p, ref, out, 1e-4, suppress=eos_ids(model))
-            if d is None:
-                identical += 1
-                agree += c.agreement_new_tokens
-            else:
-                agree += d.position
-                ties += d.tie
-                non_ties += not d.tie
-        metrics["greedy_identical_fraction"] = identical / len(prompts)
-        metrics["greedy_prefix_agreement"] = agree / (len(prompts) * c.agreement_new_tokens)
-        metrics["greedy_divergences_at_ties"] = float(ties)
-        metrics["greedy_divergences_not_ties"] = float(non_ties)
+        prompts = stream_prompts(ctx.data.heldout_stream, c.agreement_prompts, c.agreement_prompt_tokens)
+        agreement = greedy_agreement(model, prompts, c.agreement_new_tokens, ctx.tokenizer.pad_token_id, kwargs)
+        metrics.update(agreement.metrics())
+        notes = []
         if c.implementation == "quantized":
             notes.append(
-                f"KV cache quantized ({c.quant_backend}): perplexity x{ppl_c / ppl_d:.4f} vs the dynamic cache, "
-                f"{identical}/{len(prompts)} greedy generations identical"
+                f"KV cache quantized ({c.quant_backend}): perplexity x{metrics['perplexity_ratio_vs_dynamic']:.4f} vs the "
+                f"dynamic cache, {agreement.identical}/{agreement.prompts} greedy generations identical"
             )
-        elif non_ties:
+        elif agreement.non_ties:
             notes.append(
-                f"{c.implementation} cache: {non_ties} greedy generation(s) differ from the dynamic cache at a non-tie (unexpected)"
+                f"{c.implementation} cache: {agreement.non_ties} greedy generation(s) differ from the dynamic cache at a non-tie (unexpected)"
             )
         return Applied(
-            model=model,
-            execution="dense",
-            generate_kwargs=kwargs,
-            metrics=metrics,
-            notes=notes,
-            tables={"memory": {"columns": columns, "rows": rows}},
-        )
+            model=model, execution="dense", generate_kwargs=kwargs, metrics=metrics, notes=notes,
+            tables={"memory": {"columns": MEMORY_COLUMNS, "rows": rows}},
+        )  # fmt: skip
+
+
+MEMORY_COLUMNS = ["cache", "context", "cache_mb", "working_memory_mb"]
+
+
+def memory_table(model: nn.Module, c: KVCacheConfig, stream: torch.Tensor) -> tuple[list[list[Any]], dict[str, float]]:
+    """Cache bytes and working memory against context length, this cache and the dynamic one."""
+    rows, metrics = [], {}
+    for n in resolve_lengths(model, c.context_lengths):
+        for impl in dict.fromkeys(["dynamic", c.implementation]):
+            point = memory_point(model, impl, n, c, stream)
+            rows.append([impl, n, round(point["cache_mb"], 3), round(point["working_memory_mb"], 1)])
+            tag = "dynamic" if impl == "dynamic" and impl != c.implementation else "cache"
+            metrics.update({f"{k}/{tag}/ctx{n}": v for k, v in point.items()})
+        if c.implementation != "dynamic":
+            dynamic, cache = metrics[f"cache_mb/dynamic/ctx{n}"], metrics[f"cache_mb/cache/ctx{n}"]
+            metrics[f"cache_memory_ratio/ctx{n}"] = dynamic / max(cache, 1e-12)
+    return rows, metrics
+
+
+def perplexity_in_loop(model: nn.Module, c: KVCacheConfig, windows: torch.Tensor) -> dict[str, float]:
+    """Token perplexity with this cache in the loop against the dynamic cache under the same protocol."""
+    totals = {"dynamic": [0.0, 0], "cache": [0.0, 0]}
+    max_diff = 0.0
+    for w in windows:
+        logits = {}
+        for tag, impl in (("dynamic", "dynamic"), ("cache", c.implementation)):
+            nll, n, logits[tag] = cache_in_loop_nll(model, w, make_cache(model, impl, c.ppl_window, c), c.ppl_chunk)
+            totals[tag][0] += nll
+            totals[tag][1] += n
+        max_diff = max(max_diff, float((logits["cache"] - logits["dynamic"]).abs().max()))
+    ppl = {tag: math.exp(total / count) for tag, (total, count) in totals.items()}
+    key = f"w{c.ppl_window}_chunk{c.ppl_chunk}"
+    return {
+        f"token_perplexity_cache_in_loop_{key}": ppl["cache"],
+        f"token_perplexity_dynamic_in_loop_{key}": ppl["dynamic"],
+        "perplexity_ratio_vs_dynamic": ppl["cache"] / ppl["dynamic"],
+        "max_abs_logit_diff_vs_dynamic": max_diff,
+    }

@@ -216,8 +216,20 @@ class Speculative(Technique):
 
     def check(self, cfg: InfoptConfig) -> None:
         c: SpeculativeConfig = self.config  # type: ignore[assignment]
-        if c.prompt_lookup > 0 or c.draft.kind == "layer_subset":
-            return  # same tokenizer by construction
+        if c.prompt_lookup > 0:
+            return
+        if c.draft.kind == "layer_subset":  # same tokenizer by construction; enough layers to drop?
+            from infopt.models.load import architecture_config
+            from infopt.models.surgery import unit_counts
+
+            arch = architecture_config(cfg.model, Path(cfg.paths.cache_dir).expanduser())
+            total = unit_counts(arch)["layers"] if arch is not None else None
+            if total is not None and len(layer_subset_indices(total, c.draft.layer_stride)) == total:
+                raise ConfigError(
+                    f"technique.draft.layer_stride={c.draft.layer_stride} keeps all {total} layers of {cfg.model.name}; "
+                    "use a larger stride, a draft model (technique.draft.kind=model|path), or technique.prompt_lookup>0"
+                )
+            return
         from pathlib import Path as _P
 
         from infopt.models.load import load_tokenizer

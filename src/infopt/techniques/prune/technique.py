@@ -13,11 +13,11 @@ from __future__ import annotations
 import logging
 import time
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from infopt.console import progress
 from infopt.errors import ConfigError
-from infopt.techniques.base import Applied, Technique
+from infopt.techniques.base import Applied, Technique, stage_record
 from infopt.techniques.prune.config import PruneConfig
 
 if TYPE_CHECKING:
@@ -103,61 +103,35 @@ class Prune(Technique):
         metrics["params_before"] = float(params_before)
         metrics["params_after"] = float(parameter_count(model))
         metrics["params_ratio"] = metrics["params_after"] / max(params_before, 1)
-
-        stages: list[dict[str, Any]] = []
-        measured = None
+        out = Applied(model=model, execution=execution, metrics=metrics, notes=notes)
         if c.recover.enabled:
-            before = ctx.measure(model, {}) if ctx.measure is not None else None
-            prune_metrics = dict(metrics)
-            t1 = time.perf_counter()
-            model, rec_metrics, rec_notes = self._recover(model, masks, ctx, execution)
-            metrics.update(rec_metrics)
-            notes.extend(rec_notes)
-            if masks:
-                metrics["sparsity_after_recovery"] = self._achieved(model, masks)
-            if ctx.measure is not None:
-                measured = ctx.measure(model, {})
-                stages = [
-                    self._stage(
-                        1,
-                        "prune",
-                        execution,
-                        metrics["prune_wall_s"],
-                        prune_metrics,
-                        before,
-                        ctx.baseline,
-                        ctx.baseline,
-                    ),
-                    self._stage(
-                        2, "recover", execution, time.perf_counter() - t1, rec_metrics, measured, ctx.baseline, before
-                    ),
-                ]
+            self._recover_and_measure(out, masks, ctx)
         if execution == "sparse_kernel":
-            model = self._to_sparse_kernels(model, masks, notes)
-            measured = None  # the run measures the model that runs on the sparse kernels
+            out.model = self._to_sparse_kernels(out.model, masks, notes)
+            out.measured = None  # the run measures the model that runs on the sparse kernels
             if not any("semi-structured" in n for n in notes):
-                execution = "masked_dense"
-        return Applied(model=model, execution=execution, metrics=metrics, notes=notes, stages=stages, measured=measured)
+                out.execution = "masked_dense"
+        return out
 
-    def _stage(self, step, name, execution, wall_s, metrics, result, baseline, previous) -> dict[str, Any]:
-        """A record shaped like a pipeline stage's (the run's stage table reads these keys)."""
-        from infopt.results import compute_ratios
-
-        return {
-            "step": step,
-            "index": step - 1,
-            "name": name,
-            "method": self.config.method_label if name == "prune" else None,
-            "execution": execution,
-            "wall_s": wall_s,
-            "metrics": dict(metrics),
-            "notes": [],
-            "result": result,
-            "ratios": {
-                "cumulative": compute_ratios(baseline, result) if baseline and result else {},
-                "stage": compute_ratios(previous, result) if previous and result else {},
-            },
-        }
+    def _recover_and_measure(self, out: Applied, masks: dict, ctx: RunContext) -> None:
+        """Recovery fine-tuning; with a measurement, the record gets prune and recover as two stages."""
+        before = ctx.measure(out.model, {}) if ctx.measure is not None else None
+        pruned = Applied(model=out.model, execution=out.execution, metrics=dict(out.metrics))
+        t = time.perf_counter()
+        out.model, rec_metrics, rec_notes = self._recover(out.model, masks, ctx)
+        out.metrics.update(rec_metrics)
+        out.notes.extend(rec_notes)
+        if masks:
+            out.metrics["sparsity_after_recovery"] = self._achieved(out.model, masks)
+        if ctx.measure is None:
+            return
+        out.measured = ctx.measure(out.model, {})
+        recovered = Applied(model=out.model, execution=out.execution, metrics=rec_metrics)
+        out.stages = [
+            stage_record(1, "prune", pruned, out.metrics["prune_wall_s"], before, ctx.baseline, ctx.baseline,
+                         method=self.config.method_label),
+            stage_record(2, "recover", recovered, time.perf_counter() - t, out.measured, ctx.baseline, before),
+        ]  # fmt: skip
 
     def _achieved(self, model: nn.Module, masks: dict[str, torch.Tensor]) -> float:
         from infopt.models.surgery import get_weight
@@ -246,7 +220,7 @@ class Prune(Technique):
             f"structured: removed {n_remove} {s.target} per layer by {s.importance} importance; dense kernels on a smaller model"
         )
 
-    def _recover(self, model, masks, ctx, execution):
+    def _recover(self, model, masks, ctx):
         from infopt.techniques.prune.recover import recover
 
         c = self.config

@@ -25,6 +25,7 @@ import torch
 from torch import nn
 
 from infopt.calibration import ColumnNorms, HessianAccumulator, LayerwiseRunner, collect, sequential
+from infopt.calibration.stats import inverse_hessian_cholesky, without_dead_inputs
 from infopt.models.surgery import get_weight, set_weight
 
 
@@ -90,16 +91,8 @@ def sparsegpt_prune(
     block_size: int = 128,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Prune an (out, in) weight given its (in, in) Hessian; returns (new weight, keep-mask)."""
-    W = w.detach().float().contiguous().clone()  # Conv1D hands a transposed view
-    out_f, in_f = W.shape
-    H = H.clone().float()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
-    H += damp * torch.mean(torch.diag(H)) * torch.eye(in_f, device=H.device)
-    # Upper Cholesky factor of H^-1: row i says how removing column i's weight moves later columns.
-    L = torch.linalg.cholesky(H)
-    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
+    W, H = without_dead_inputs(w, H)
+    Hinv = inverse_hessian_cholesky(H, damp)
     mask = torch.ones_like(W, dtype=torch.bool)
     with single_thread():
         _sparsegpt_sweep(W, Hinv, mask, sparsity, nm, block_size)

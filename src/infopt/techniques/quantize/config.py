@@ -40,11 +40,11 @@ class LayerOverride:
 @dataclass
 class QuantizeConfig(TechniqueConfig):
     name: str = "quantize"
-    method: str = "rtn"  # rtn | gptq | awq | smoothquant | llm_int8 | dynamic_int8
-    bits: Optional[int] = (
-        None  # weight bits, 2..8; None = 8 for smoothquant/llm_int8/dynamic_int8, 4 otherwise
-    )
-    group_size: int = -1  # -1 per output channel, 0 per tensor, g>0 groups of g input columns
+    method: str = "gptq"  # rtn | gptq | awq | smoothquant | llm_int8 | dynamic_int8
+    bits: Optional[int] = None  # weight bits, 2..8; None = 8 for smoothquant/llm_int8/dynamic_int8, 4 otherwise
+    # -1 per output channel, 0 per tensor, g>0 groups of g input columns (64 divides SmolLM2's 576 and
+    # 1536, GPT-2's 768 and 3072; a divisor of every targeted width is required)
+    group_size: int = 64
     symmetric: bool = (
         True  # true: zero point at the middle of the grid; false: min/max (asymmetric)
     )
@@ -63,6 +63,9 @@ class QuantizeConfig(TechniqueConfig):
     )
     gptq_block_size: int = 128  # GPTQ: columns updated together (lazy batch updates)
     gptq_act_order: bool = True  # GPTQ: quantize columns by decreasing Hessian diagonal
+    # GPTQ with act-order and groups: fix each group's scale from its contiguous columns before the
+    # sweep, so the codes keep a contiguous column -> group map that GGUF / compressed-tensors store
+    gptq_static_groups: bool = False
     awq_grid: int = 20  # AWQ: points of the scale-exponent grid searched in [0, 1)
     awq_max_tokens: int = 4096  # AWQ: calibration tokens per layer used in the scale search
     smoothquant_alpha: float = (
@@ -153,11 +156,11 @@ class QuantizeConfig(TechniqueConfig):
         export, group = self.export, self.group_size
         if export not in ("gguf", "compressed_tensors") or self.method not in ("rtn", "gptq", "awq"):
             return
-        if self.method == "gptq" and self.gptq_act_order and group > 0:
+        if self.method == "gptq" and self.gptq_act_order and group > 0 and not self.gptq_static_groups:
             raise ConfigError(
                 f"technique.export={export} with technique.method=gptq, gptq_act_order=true and group_size={group}: "
                 "act-order groups permute the columns and have no block layout in this format; "
-                "set technique.gptq_act_order=false (or technique.group_size=-1)"
+                "set technique.gptq_static_groups=true (or gptq_act_order=false, or group_size=-1)"
             )
         if export == "gguf" and self.export_type == "auto":
             if group > 0 and group % 32:

@@ -12,12 +12,15 @@ inputs are the outputs of the already-quantized blocks before it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
 
 from infopt.calibration import HessianAccumulator, LayerwiseRunner, collect, sequential
+from infopt.calibration.stats import inverse_hessian_cholesky, without_dead_inputs
 from infopt.models.surgery import get_weight, set_weight
-from infopt.techniques.quantize.core import QuantizedWeight, QuantSpec, qparams, quantize
+from infopt.techniques.quantize.core import QuantizedWeight, QuantSpec, group_params, qparams, quantize
 
 
 @torch.no_grad()
@@ -28,78 +31,79 @@ def gptq_quantize(
     damp: float = 0.01,
     block_size: int = 128,
     act_order: bool = True,
+    static_groups: bool = False,
 ) -> tuple[QuantizedWeight, float]:
-    """Quantize an (out, in) weight given its (in, in) Hessian; returns codes and the loss sum."""
-    W = w.clone().float()
+    """Quantize an (out, in) weight given its (in, in) Hessian; returns codes and the loss sum.
+
+    ``static_groups`` (with act-order and groups): each group's scale is fixed from the original
+    contiguous columns before any error is spread (AutoGPTQ's static groups), so the codes keep a
+    contiguous column -> group map that GGUF and compressed-tensors can store. Otherwise a group's
+    scale comes from its current, error-updated columns in quantization order.
+    """
+    W, H = without_dead_inputs(w, H)
+    in_f = W.shape[1]
+    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(in_f, device=W.device)
+    fixed = static_groups and spec.group_size > 0
+    grid = _grid(W, spec, perm if fixed else None)
+    W, H = W[:, perm], H[perm][:, perm]
+    codes, loss = _sweep(W, inverse_hessian_cholesky(H, damp), spec, block_size, grid, fixed)
+    inv = torch.argsort(perm)
+    g_idx = grid.g_perm[inv.cpu()] if spec.group_size > 0 else torch.zeros(in_f, dtype=torch.long)
+    return QuantizedWeight(codes[:, inv].to(torch.uint8), grid.scales.cpu(), grid.zeros.cpu(), g_idx, spec), loss
+
+
+@dataclass
+class _Grid:
+    scales: torch.Tensor  # (out, n_groups)
+    zeros: torch.Tensor  # (out, n_groups)
+    g_perm: torch.Tensor  # (in,) group of each column in quantization order
+
+
+def _grid(W: torch.Tensor, spec: QuantSpec, perm: torch.Tensor | None) -> _Grid:
+    """Scales known before the sweep: per tensor / per row, or every group when ``perm`` is given
+    (static groups: group of the column at position p is perm[p] // group_size)."""
     out_f, in_f = W.shape
-    H = H.clone()
-    dead = torch.diag(H) == 0
-    H[dead, dead] = 1
-    W[:, dead] = 0
+    n_groups = in_f // spec.group_size if spec.group_size > 0 else 1
+    grid = _Grid(torch.zeros(out_f, n_groups, device=W.device), torch.zeros(out_f, n_groups, device=W.device),
+                 torch.zeros(in_f, dtype=torch.long))  # fmt: skip
+    if spec.group_size <= 0 or perm is not None:
+        grid.scales, grid.zeros = group_params(W, spec)
+    if perm is not None:
+        grid.g_perm = (perm // spec.group_size).cpu()
+    return grid
 
-    perm = torch.argsort(torch.diag(H), descending=True) if act_order else torch.arange(in_f)
-    W = W[:, perm]
-    H = H[perm][:, perm]
-    H += damp * torch.mean(torch.diag(H)) * torch.eye(in_f, device=H.device)
-    # Upper Cholesky factor of H^-1: row i holds what column i's error does to the columns after it.
-    L = torch.linalg.cholesky(H)
-    Hinv = torch.linalg.cholesky(torch.cholesky_inverse(L), upper=True)
 
-    Q = torch.zeros_like(W)
+def _sweep(W, Hinv, spec: QuantSpec, block_size: int, grid: _Grid, fixed: bool) -> tuple[torch.Tensor, float]:
+    """Columns in order, each rounded and its error spread over the later ones (Alg. 1, lazy batches)."""
+    out_f, in_f = W.shape
     codes = torch.zeros_like(W)
-    if spec.group_size > 0:
-        n_groups = in_f // spec.group_size
-    else:
-        n_groups = 1
-    scales = torch.zeros(out_f, n_groups, device=W.device)
-    zeros = torch.zeros(out_f, n_groups, device=W.device)
-    g_perm = torch.zeros(in_f, dtype=torch.long)  # group of each permuted column
-    if spec.group_size <= 0:
-        if spec.group_size == 0:
-            s, z = qparams(W.reshape(1, -1), spec)
-            s, z = s.expand(out_f, 1), z.expand(out_f, 1)
-        else:
-            s, z = qparams(W, spec)
-        scales[:, :1], zeros[:, :1] = s, z
     loss = torch.zeros(out_f, device=W.device)
-
     for i1 in range(0, in_f, block_size):
         i2 = min(i1 + block_size, in_f)
         W1 = W[:, i1:i2].clone()  # (out, b)
-        Q1 = torch.zeros_like(W1)
-        C1 = torch.zeros_like(W1)
         Err1 = torch.zeros_like(W1)
         Hinv1 = Hinv[i1:i2, i1:i2]
         for i in range(i2 - i1):
             col = i1 + i
-            if spec.group_size > 0:
+            if spec.group_size > 0 and not fixed:
                 g = col // spec.group_size
                 if col % spec.group_size == 0:
                     # Group scale from the current (error-updated) columns of this group.
                     cols = torch.cat([W1[:, i:], W[:, i2:]], dim=1)[:, : spec.group_size]
-                    s, z = qparams(cols, spec)
-                    scales[:, g : g + 1], zeros[:, g : g + 1] = s, z
-                g_perm[col] = g
-            s, z = scales[:, g_perm[col] : g_perm[col] + 1], zeros[:, g_perm[col] : g_perm[col] + 1]
+                    grid.scales[:, g : g + 1], grid.zeros[:, g : g + 1] = qparams(cols, spec)
+                grid.g_perm[col] = g
+            g = int(grid.g_perm[col])
+            s, z = grid.scales[:, g : g + 1], grid.zeros[:, g : g + 1]
             wcol = W1[:, i : i + 1]  # (out, 1)
-            qc = quantize(wcol, s, z, spec.maxq)
+            codes[:, col : col + 1] = qc = quantize(wcol, s, z, spec.maxq)
             q = s * (qc - z)
-            C1[:, i : i + 1] = qc
-            Q1[:, i : i + 1] = q
             d = Hinv1[i, i]
             err = (wcol - q) / d  # (out, 1)
             loss += ((wcol - q) ** 2).squeeze(1) / d**2 / 2
             W1[:, i:] -= err @ Hinv1[i : i + 1, i:]
             Err1[:, i : i + 1] = err
-        Q[:, i1:i2] = Q1
-        codes[:, i1:i2] = C1
         W[:, i2:] -= Err1 @ Hinv[i1:i2, i2:]
-
-    inv = torch.argsort(perm)
-    codes = codes[:, inv]
-    g_idx = g_perm[inv.cpu()] if spec.group_size > 0 else torch.zeros(in_f, dtype=torch.long)
-    qw = QuantizedWeight(codes.to(torch.uint8), scales.cpu(), zeros.cpu(), g_idx, spec)
-    return qw, float(loss.sum())
+    return codes, float(loss.sum())
 
 
 @torch.no_grad()
@@ -110,6 +114,7 @@ def quantize_gptq(
     block_size: int,
     act_order: bool,
     log=None,
+    static_groups: bool = False,
 ) -> tuple[dict[str, QuantizedWeight], dict[str, float]]:
     """GPTQ on every targeted layer inside the decoder blocks, block by block; others get RTN."""
     from infopt.techniques.quantize.rtn import quantize_rtn
@@ -120,7 +125,7 @@ def quantize_gptq(
     def process(_idx: int, block: nn.Module, mine: dict[str, nn.Module]) -> None:
         hessians = collect(runner, block, mine, HessianAccumulator)
         for n, m in mine.items():
-            qw, loss = gptq_quantize(get_weight(m), hessians[n].H, layers[n][1], damp, block_size, act_order)
+            qw, loss = gptq_quantize(get_weight(m), hessians[n].H, layers[n][1], damp, block_size, act_order, static_groups)
             set_weight(m, qw.dequantize())
             result[n], losses[n] = qw, loss
 

@@ -71,7 +71,9 @@ def _gptq(model: nn.Module, layers: Layers, c: QuantizeConfig, ctx: RunContext) 
     from infopt.techniques.quantize.gptq import quantize_gptq
 
     runner = _calibration(model, c, ctx)
-    qweights, losses = quantize_gptq(runner, layers, c.gptq_damp, c.gptq_block_size, c.gptq_act_order, progress)
+    qweights, losses = quantize_gptq(
+        runner, layers, c.gptq_damp, c.gptq_block_size, c.gptq_act_order, progress, c.gptq_static_groups
+    )
     metrics = {"gptq_mean_layer_loss": sum(losses.values()) / len(losses)} if losses else {}
     return Outcome(model, qweights, metrics)
 
