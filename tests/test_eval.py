@@ -35,7 +35,7 @@ def test_lm_eval_word_perplexity_equals_hand_computation(tiny_llama, tokenizer, 
     path.write_text("\n\n".join(docs))
     data = TextData(DataConfig(name="t", source="text_files", files=[str(path)], heldout_docs=2, calibration_docs=0), tokenizer)
     cfg = EvalConfig(tasks=["heldout"], token_perplexity=False, batch_size=2)
-    metrics = evaluate(tiny_llama, tokenizer, cfg, data, CACHE_DIR)
+    metrics, units = evaluate(tiny_llama, tokenizer, cfg, data, CACHE_DIR)
 
     # lm-eval's rolling loglikelihood: the first token is predicted from the prefix token.
     from lm_eval.models.huggingface import HFLM
@@ -50,7 +50,40 @@ def test_lm_eval_word_perplexity_equals_hand_computation(tiny_llama, tokenizer, 
             total_ll += sum(logp[i, ids[i]].item() for i in range(len(ids)))
             total_words += len(doc.split())
     assert metrics["heldout/word_perplexity"] == pytest.approx(math.exp(-total_ll / total_words), rel=1e-4)
-    assert metrics["heldout/log_word_perplexity_stderr"] > 0
+    # The bootstrap units reproduce the corpus-level number, and its interval contains it.
+    from infopt.evaluation.uncertainty import value
+
+    word = units["heldout/word_perplexity"]
+    assert len(word["num"]) == 2 and value(word) == pytest.approx(metrics["heldout/word_perplexity"], rel=1e-9)
+    assert metrics["heldout/word_perplexity_ci95_low"] <= metrics["heldout/word_perplexity"] <= metrics["heldout/word_perplexity_ci95_high"]
+
+
+def test_token_perplexity_units_are_per_document_and_reproduce_the_number(tiny_llama, tokenizer, text_data):
+    cfg = EvalConfig(tasks=[], token_perplexity=True, token_perplexity_window=64, limit=6, batch_size=4)
+    metrics, units = evaluate(tiny_llama, tokenizer, cfg, text_data, CACHE_DIR)
+    from infopt.evaluation.uncertainty import value
+
+    u = units["heldout/token_perplexity_w64"]
+    # 6 windows of 64 tokens: every predicted token is attributed to exactly one document.
+    assert sum(u["den"]) == 6 * 63 and len(u["num"]) >= 1
+    assert value(u) == pytest.approx(metrics["heldout/token_perplexity_w64"], rel=1e-6)
+
+
+def test_paired_recovery_interval_is_narrower_than_independent_ones():
+    """Documents differ in difficulty far more than two close models differ on each document: pairing
+    the resamples removes the shared document variance from the recovery interval."""
+    import random
+
+    from infopt.evaluation.uncertainty import interval, paired_ratio_interval
+
+    rng = random.Random(0)
+    hard = [rng.uniform(2.0, 5.0) for _ in range(40)]  # per-document NLL per token
+    base = {"num": [100 * h for h in hard], "den": [100.0] * 40, "transform": "exp"}
+    result = {"num": [100 * (h + 0.05) for h in hard], "den": [100.0] * 40, "transform": "exp"}
+    lo, hi = paired_ratio_interval(result, base, lower_is_better=True)
+    assert lo == pytest.approx(hi, rel=1e-9) == pytest.approx(math.exp(-0.05), rel=1e-9)  # a constant shift
+    b_lo, b_hi = interval(base)
+    assert b_hi / b_lo > 1.5  # the documents alone spread each perplexity widely
 
 
 def test_analogy_sample_is_stratified_and_stable():

@@ -71,7 +71,7 @@ class Measurer:
         from infopt.evaluation.runner import evaluate
 
         t = time.perf_counter()
-        ev = evaluate(model, self.tokenizer, self.cfg.eval, self.data, self.cache_dir)
+        ev, units = evaluate(model, self.tokenizer, self.cfg.eval, self.data, self.cache_dir)
         eval_s = time.perf_counter() - t
         bench: dict[str, float] = {}
         if self.cfg.bench.enabled:
@@ -89,7 +89,7 @@ class Measurer:
                 )
             self.notes.extend(n for n in notes if n not in self.notes)
         bench["eval_wall_s"] = eval_s
-        return {"eval": ev, "bench": bench}
+        return {"eval": ev, "bench": bench, "units": units}
 
 
 @dataclass

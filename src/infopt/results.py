@@ -22,6 +22,13 @@ from infopt.secrets import REDACTED, redact  # noqa: F401
 SCHEMA_VERSION = 1
 LOWER_IS_BETTER = ("perplexity", "bits_per_byte", "loss", "nll")
 COUNT_KEYS = ("documents", "token_windows", "sample_len")
+# Keys beside a metric that describe its uncertainty: no ratio of their own.
+UNCERTAINTY_SUFFIXES = ("_stderr", "_ci95_low", "_ci95_high", "_min", "_max")
+
+
+def is_point_metric(key: str) -> bool:
+    """A measured quantity (not its interval, stderr or a count of units)."""
+    return not key.endswith(UNCERTAINTY_SUFFIXES) and key.split("/")[-1] not in COUNT_KEYS
 PACKAGES = (
     "torch",
     "transformers",
@@ -58,17 +65,25 @@ def compute_ratios(
     baseline: dict[str, dict[str, float]], result: dict[str, dict[str, float]]
 ) -> dict[str, float]:
     """Result relative to baseline, every ratio oriented so > 1 is better."""
+    from infopt.evaluation.uncertainty import paired_ratio_interval
+
     ratios: dict[str, float] = {}
     b_eval, r_eval = baseline.get("eval", {}), result.get("eval", {})
+    b_units, r_units = baseline.get("units") or {}, result.get("units") or {}
     for key, value in r_eval.items():
-        if key not in b_eval or key.endswith("_stderr") or key.split("/")[-1] in COUNT_KEYS:
+        if key not in b_eval or not is_point_metric(key):
             continue
         r = _ratio(b_eval[key], value) if lower_is_better(key) else _ratio(value, b_eval[key])
-        if r is not None:
-            ratios[f"eval/{key}/recovery"] = r
+        if r is None:
+            continue
+        ratios[f"eval/{key}/recovery"] = r
+        if key in r_units and key in b_units:  # paired bootstrap over the same documents
+            bounds = paired_ratio_interval(r_units[key], b_units[key], lower_is_better(key))
+            if bounds is not None:
+                ratios[f"eval/{key}/recovery_ci95_low"], ratios[f"eval/{key}/recovery_ci95_high"] = bounds
     b_bench, r_bench = baseline.get("bench", {}), result.get("bench", {})
     for key, value in r_bench.items():
-        if key not in b_bench or key.endswith(("_min", "_max")) or key.startswith("machine_"):
+        if key not in b_bench or not is_point_metric(key) or key.startswith("machine_"):
             continue
         base = b_bench[key]
         if "tokens_per_s" in key and not key.startswith("predicted"):
@@ -131,7 +146,10 @@ def environment(device_info: dict[str, Any], seed: int) -> dict[str, Any]:
 
 
 def flatten(section: dict[str, dict[str, float]], prefix: str = "") -> dict[str, float]:
-    """{"eval": {"heldout/x": 1}} -> {"<prefix>eval/heldout/x": 1}"""
+    """{"eval": {"heldout/x": 1}} -> {"<prefix>eval/heldout/x": 1} (numbers only: not the bootstrap units)."""
     return {
-        f"{prefix}{group}/{k}": v for group, values in section.items() for k, v in values.items()
+        f"{prefix}{group}/{k}": v
+        for group, values in section.items()
+        if group != "units"
+        for k, v in values.items()
     }

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from infopt.results import COUNT_KEYS
+from infopt.results import is_point_metric
 
 HEADLINE_BENCH = (
     "stored_mb",
@@ -27,21 +27,31 @@ def _fmt(v: Any) -> str:
     return str(v)
 
 
+def _with_interval(values: dict[str, Any], key: str, fmt: str | None = None) -> str:
+    """``value [low, high]`` when the 95% interval is there (``_ci95_low`` / ``_ci95_high`` keys)."""
+    v = values.get(key)
+    if v is None:
+        return "-"
+    show = (lambda x: fmt.format(x)) if fmt else _fmt
+    lo, hi = values.get(f"{key}_ci95_low"), values.get(f"{key}_ci95_high")
+    return f"{show(v)} [{show(lo)}, {show(hi)}]" if lo is not None and hi is not None else show(v)
+
+
 def rows(record: dict[str, Any]) -> list[tuple[str, str, str, str]]:
     base = record.get("baseline") or {}
     res = record.get("result") or {}
     ratios = record.get("ratios") or {}
     out = []
     for key in sorted(res.get("eval") or {}):
-        if key.endswith("_stderr") or key.split("/")[-1] in COUNT_KEYS:
+        if not is_point_metric(key):
             continue
-        ratio = ratios.get(f"eval/{key}/recovery")
+        ratio = _with_interval(ratios, f"eval/{key}/recovery", "{:.3f}")
         out.append(
             (
                 f"eval/{key}",
-                _fmt((base.get("eval") or {}).get(key)),
-                _fmt(res["eval"][key]),
-                f"recovery {ratio:.3f}" if ratio else "",
+                _with_interval(base.get("eval") or {}, key),
+                _with_interval(res["eval"], key),
+                f"recovery {ratio}" if ratio != "-" else "",
             )
         )
     bench = res.get("bench") or {}

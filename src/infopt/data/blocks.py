@@ -9,13 +9,20 @@ import torch
 
 def tokenize_stream(tokenizer, docs: Sequence[str]) -> torch.Tensor:
     """All documents as one 1-D token stream, each followed by EOS (so blocks may span documents)."""
+    return tokenize_with_documents(tokenizer, docs)[0]
+
+
+def tokenize_with_documents(tokenizer, docs: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(stream, document index of each stream token): the stream of ``tokenize_stream`` and, per token,
+    which document it came from (a document's EOS belongs to it)."""
     eos = tokenizer.eos_token_id
     ids: list[int] = []
-    for doc in docs:
-        ids.extend(tokenizer(doc, add_special_tokens=False)["input_ids"])
-        if eos is not None:
-            ids.append(eos)
-    return torch.tensor(ids, dtype=torch.long)
+    owner: list[int] = []
+    for i, doc in enumerate(docs):
+        tokens = tokenizer(doc, add_special_tokens=False)["input_ids"] + ([eos] if eos is not None else [])
+        ids.extend(tokens)
+        owner.extend([i] * len(tokens))
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(owner, dtype=torch.long)
 
 
 def contiguous_blocks(stream: torch.Tensor, seq_len: int) -> torch.Tensor:

@@ -7,7 +7,7 @@ from functools import cached_property
 import torch
 
 from infopt.config.schema import DataConfig
-from infopt.data.blocks import contiguous_blocks, sample_blocks, tokenize_stream
+from infopt.data.blocks import contiguous_blocks, sample_blocks, tokenize_stream, tokenize_with_documents
 from infopt.data.corpus import Corpus, load_corpus
 
 
@@ -32,8 +32,17 @@ class TextData:
         return tokenize_stream(self.tokenizer, self.corpus.calibration)
 
     @cached_property
+    def _heldout(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return tokenize_with_documents(self.tokenizer, self.corpus.heldout)
+
+    @property
     def heldout_stream(self) -> torch.Tensor:
-        return tokenize_stream(self.tokenizer, self.corpus.heldout)
+        return self._heldout[0]
+
+    @property
+    def heldout_documents(self) -> torch.Tensor:
+        """Index of the held-out document each token of ``heldout_stream`` belongs to."""
+        return self._heldout[1]
 
     def calibration_blocks(
         self, count: int | None = None, seq_len: int | None = None, seed: int | None = None

@@ -1,8 +1,9 @@
 """Score the in-memory model: lm-eval tasks (local or by name) plus token perplexity.
 
 Keys are ``<task>/<metric>`` (the caller prefixes ``eval/``); every score lm-eval gives a standard
-error for keeps it as ``<metric>_stderr``. For corpus-level perplexities, where lm-eval gives
-none, the stderr of the log-perplexity comes from a bootstrap over documents.
+error for keeps it as ``<metric>_stderr``. Every metric with per-document (or per-question) units
+also gets a 95% percentile-bootstrap interval, ``<metric>_ci95_low`` / ``_ci95_high``
+(``evaluation/uncertainty.py``), and the units travel with the measurement for paired intervals.
 """
 
 from __future__ import annotations
@@ -10,17 +11,17 @@ from __future__ import annotations
 import difflib
 import logging
 import math
-import random
 from pathlib import Path
-from typing import Any
 
 from torch import nn
 
 from infopt.config.schema import EvalConfig
+from infopt.data.blocks import contiguous_blocks
 from infopt.data.text import TextData
 from infopt.errors import ConfigError
 from infopt.evaluation.local_tasks import LOCAL_TASKS, write_tasks
-from infopt.evaluation.perplexity import token_perplexity
+from infopt.evaluation.perplexity import per_document_units, token_nll
+from infopt.evaluation.uncertainty import units_from_samples, with_intervals
 from infopt.models.surgery import context_length
 
 log = logging.getLogger(__name__)
@@ -45,27 +46,6 @@ def check_tasks(cfg: EvalConfig) -> None:
             )
 
 
-def _bootstrap_log_ppl_stderr(samples: list[dict[str, Any]], seed: int = 0) -> float | None:
-    """Stderr of log(word perplexity) = sum(-ll)/sum(words) by resampling documents."""
-    pairs = []
-    for s in samples:
-        value = s.get("filtered_resps") or s.get("resps")
-        ll = value[0][0] if isinstance(value[0], (list, tuple)) else value[0]
-        if isinstance(ll, (list, tuple)):
-            ll = ll[0]
-        words = len(str(s["doc"]["text"]).split())  # lm-eval counts words by whitespace split too
-        pairs.append((float(ll), words))
-    if len(pairs) < 2:
-        return None
-    rng = random.Random(seed)
-    stats = []
-    for _ in range(BOOTSTRAP_ITERS):
-        pick = [pairs[rng.randrange(len(pairs))] for _ in pairs]
-        stats.append(-sum(p[0] for p in pick) / max(1, sum(p[1] for p in pick)))
-    mean = sum(stats) / len(stats)
-    return math.sqrt(sum((x - mean) ** 2 for x in stats) / (len(stats) - 1))
-
-
 def _quiet_hflm(**kwargs):
     """lm-eval's HFLM without its per-request progress bars (infopt shows its own phase progress)."""
     from lm_eval.models.huggingface import HFLM
@@ -88,8 +68,10 @@ def _quiet_hflm(**kwargs):
 
 
 def run_lm_eval(
-    model: nn.Module, tokenizer, cfg: EvalConfig, data: TextData, cache_dir: Path
+    model: nn.Module, tokenizer, cfg: EvalConfig, data: TextData, cache_dir: Path, units: dict | None = None
 ) -> dict[str, float]:
+    """lm-eval's scores of the in-memory model; ``units`` (when given) receives each metric's
+    per-document / per-question bootstrap units from the logged samples."""
     import lm_eval
     from lm_eval.tasks import TaskManager
 
@@ -103,7 +85,7 @@ def run_lm_eval(
         limit=cfg.limit,
         num_fewshot=cfg.num_fewshot,
         bootstrap_iters=BOOTSTRAP_ITERS,
-        log_samples="heldout" in cfg.tasks,
+        log_samples=units is not None,
         random_seed=0,
         numpy_random_seed=0,
         torch_random_seed=0,
@@ -113,34 +95,34 @@ def run_lm_eval(
     metrics: dict[str, float] = {}
     for task, values in out["results"].items():
         for key, value in values.items():
-            if key == "alias" or not isinstance(value, (int, float)):
-                continue
-            name, _, _filter = key.partition(",")
-            if name.endswith("_stderr"):
-                metrics[f"{task}/{name}"] = float(value)
-            else:
-                metrics[f"{task}/{name}"] = float(value)
-    if "heldout" in out.get("samples", {}):
-        se = _bootstrap_log_ppl_stderr(out["samples"]["heldout"])
-        if se is not None:
-            metrics["heldout/log_word_perplexity_stderr"] = se
-        metrics["heldout/documents"] = float(len(out["samples"]["heldout"]))
+            if key != "alias" and isinstance(value, (int, float)):
+                metrics[f"{task}/{key.partition(',')[0]}"] = float(value)
+    for task, samples in (out.get("samples") or {}).items():
+        task_units = units_from_samples(task, samples)
+        units.update({k: u for k, u in task_units.items() if k in metrics})  # type: ignore[union-attr]
+        if task == "heldout":
+            metrics["heldout/documents"] = float(len(samples))
     return metrics
 
 
 def evaluate(
     model: nn.Module, tokenizer, cfg: EvalConfig, data: TextData, cache_dir: Path
-) -> dict[str, float]:
+) -> tuple[dict[str, float], dict[str, dict]]:
+    """(metrics with 95% bootstrap intervals, the per-document / per-question units behind them)."""
     model.eval()
     metrics: dict[str, float] = {}
+    units: dict[str, dict] = {}
     if cfg.token_perplexity:
-        blocks = data.heldout_blocks(cfg.token_perplexity_window)
+        w = cfg.token_perplexity_window
+        blocks = data.heldout_blocks(w)
+        owners = contiguous_blocks(data.heldout_documents, w)  # (N, w): the document of each token
         if cfg.limit is not None:
-            blocks = blocks[: cfg.limit]
-        metrics[f"heldout/token_perplexity_w{cfg.token_perplexity_window}"] = token_perplexity(
-            model, blocks, cfg.batch_size
-        )
+            blocks, owners = blocks[: cfg.limit], owners[: cfg.limit]
+        total, per_token = token_nll(model, blocks, cfg.batch_size)
+        key = f"heldout/token_perplexity_w{w}"
+        metrics[key] = math.exp(total / per_token.numel())
         metrics["heldout/token_windows"] = float(blocks.shape[0])
+        units[key] = per_document_units(per_token, owners)
     if cfg.tasks:
-        metrics.update(run_lm_eval(model, tokenizer, cfg, data, cache_dir))
-    return metrics
+        metrics.update(run_lm_eval(model, tokenizer, cfg, data, cache_dir, units))
+    return with_intervals(metrics, units), units
