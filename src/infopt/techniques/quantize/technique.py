@@ -218,6 +218,8 @@ class Quantize(Technique):
                         f"torchao {c.dynamic_backend}: bench/stored_mb counts its tensor subclasses at their float dtype; "
                         "technique/torchao_inner_tensors_mb counts their int8 data and scales"
                     )
+        if ctx.device.type == "cuda" and execution == "real":
+            notes.extend(self._cuda_int8_notes(model))
         metrics["quantize_wall_s"] = time.perf_counter() - t0
         # Whole-process peak (model, calibration activations, Hessians) while the method ran.
         metrics["quantize_peak_memory_mb"] = mem.peak / 2**20
@@ -304,6 +306,26 @@ class Quantize(Technique):
             )
             new.from_conv1d = isinstance(mod, Conv1D)
             replace_module(model, name, new.to(mod.weight.device))
+
+    @staticmethod
+    def _cuda_int8_notes(model: nn.Module) -> list[str]:
+        """How this project's Int8Linear layers meet CUDA's int8 GEMM limits (none: no note)."""
+        from infopt.techniques.quantize.modules import CUDA_INT_MM_MIN_ROWS, Int8Linear
+
+        layers = [m for m in model.modules() if isinstance(m, Int8Linear) and m.kernel == "int_mm"]
+        if not layers:
+            return []
+        notes = [
+            f"CUDA torch._int_mm needs more than 16 rows: matmuls of fewer rows (decode at batch 1 and 8) are "
+            f"zero-padded to {CUDA_INT_MM_MIN_ROWS} rows (exact; the padded rows are computed and dropped)"
+        ]
+        floats = sum(not m.int_mm_on_cuda() for m in layers)
+        if floats:
+            notes.append(
+                f"{floats}/{len(layers)} int8 layers have K or N not a multiple of 8: CUDA's int8 GEMM rejects them, "
+                "so they multiply their int8 codes in float32 (same result, no int8 speedup)"
+            )
+        return notes
 
     @staticmethod
     def _pack(model: nn.Module, qweights, layers) -> nn.Module:
