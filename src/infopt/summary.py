@@ -13,6 +13,7 @@ HEADLINE_BENCH = (
     "decode_tokens_per_s_b1",
     "decode_tokens_per_s_b8",
     "peak_rss_mb",
+    "peak_memory_mb",
     "predicted_decode_tokens_per_s_b1",
 )
 
@@ -87,15 +88,17 @@ def stage_rows(stages: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]
 
 def print_summary(record: dict[str, Any]) -> None:
     from rich.console import Console
+    from rich.markup import escape
     from rich.table import Table
 
+    # Run names and notes hold overrides such as data.files=[/a.txt]: text, never rich markup.
     tech = record.get("technique") or {}
-    title = f"{record['run']['name']}  [{tech.get('name')}, execution={tech.get('execution')}]"
+    title = escape(f"{record['run']['name']}  [{tech.get('name')}, execution={tech.get('execution')}]")
     table = Table(title=title)
     for col in ("metric", "baseline", "result", "ratio"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     for r in rows(record):
-        table.add_row(*r)
+        table.add_row(*(escape(str(v)) for v in r))
     console = Console()
     console.print(table)
     if record.get("stages"):
@@ -104,8 +107,8 @@ def print_summary(record: dict[str, Any]) -> None:
         for col in columns:
             st.add_column(col, justify="right")
         for r in stage_table:
-            st.add_row(*(_fmt(v) for v in r))
+            st.add_row(*(escape(_fmt(v)) for v in r))
         console.print(st)
     for note in tech.get("notes", []):
-        console.print(f"note: {note}")
-    console.print(f"results: {record['run']['output_dir']}/results.json")
+        console.print(escape(f"note: {note}"))
+    console.print(escape(f"results: {record['run']['output_dir']}/results.json"))

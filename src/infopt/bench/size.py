@@ -10,13 +10,29 @@ import torch
 from torch import nn
 
 
-def _unique_tensors(model: nn.Module) -> dict[int, tuple[str, torch.Tensor]]:
-    seen: dict[int, tuple[str, torch.Tensor]] = {}
+def inner_tensors(t: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors that hold ``t``'s data: itself, or a tensor subclass's inner tensors (torchao's
+    quantized weights, semi-structured 2:4 sparse weights), whose ``data_ptr()`` is 0 and whose
+    ``element_size()`` is that of the logical float dtype."""
+    flatten = getattr(t, "__tensor_flatten__", None)
+    if callable(flatten) and type(t) not in (torch.Tensor, nn.Parameter):
+        names, _ = flatten()
+        return [x for n in names if (inner := getattr(t, n)) is not None for x in inner_tensors(inner)]
+    return [t]
+
+
+def _storage_key(t: torch.Tensor) -> object:
+    """Same key for tensors sharing storage (tied weights), distinct keys otherwise."""
+    ptrs = tuple(x.data_ptr() for x in inner_tensors(t))
+    return ptrs if t.numel() and all(ptrs) else id(t)
+
+
+def _unique_tensors(model: nn.Module) -> dict[object, tuple[str, torch.Tensor]]:
+    seen: dict[object, tuple[str, torch.Tensor]] = {}
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         if t is None:
             continue
-        key = t.data_ptr() if t.numel() else id(t)
-        seen.setdefault(key, (name, t))
+        seen.setdefault(_storage_key(t), (name, t))
     return seen
 
 
@@ -29,7 +45,7 @@ def _non_persistent_buffers(model: nn.Module) -> set[str]:
 
 
 def tensor_bytes(t: torch.Tensor) -> int:
-    return t.numel() * t.element_size()
+    return sum(x.numel() * x.element_size() for x in inner_tensors(t))
 
 
 def _packed_params_bytes(model: nn.Module) -> int:
@@ -63,7 +79,7 @@ def stored_bytes(model: nn.Module) -> int:
 
 def parameter_count(model: nn.Module) -> int:
     """Unique parameters (tied embeddings counted once); packed buffers are not parameters."""
-    seen = {p.data_ptr(): p.numel() for p in model.parameters()}
+    seen = {_storage_key(p): p.numel() for p in model.parameters()}
     return sum(seen.values())
 
 

@@ -79,21 +79,3 @@ def torchao_quantize(
         model, config, filter_fn=lambda mod, fqn: isinstance(mod, nn.Linear) and fqn in wanted
     )
     return model
-
-
-def subclass_bytes(model: nn.Module) -> int:
-    """Bytes of the model's tensors, counting torchao tensor subclasses by their inner tensors
-    (``numel * element_size`` of a subclass reports its logical float dtype)."""
-    total = 0
-    seen: set[int] = set()
-    for t in list(model.parameters()) + list(model.buffers()):
-        if id(t) in seen:
-            continue
-        seen.add(id(t))
-        flatten = getattr(t, "__tensor_flatten__", None)
-        if callable(flatten) and type(t) not in (torch.Tensor, nn.Parameter):
-            names, _ = flatten()
-            total += sum(getattr(t, n).numel() * getattr(t, n).element_size() for n in names)
-        else:
-            total += t.numel() * t.element_size()
-    return total

@@ -211,12 +211,9 @@ class Quantize(Technique):
                     from infopt.techniques.quantize.dynamic import torchao_quantize
 
                     model = torchao_quantize(model, names, c.dynamic_backend, c.group_size)
-                    from infopt.techniques.quantize.dynamic import subclass_bytes
-
-                    metrics["torchao_inner_tensors_mb"] = subclass_bytes(model) / 2**20
                     notes.append(
-                        f"torchao {c.dynamic_backend}: bench/stored_mb counts its tensor subclasses at their float dtype; "
-                        "technique/torchao_inner_tensors_mb counts their int8 data and scales"
+                        f"torchao {c.dynamic_backend}: bench/stored_mb counts its tensor subclasses by their inner "
+                        "integer data and scales"
                     )
         if ctx.device.type == "cuda" and execution == "real":
             notes.extend(self._cuda_int8_notes(model))
