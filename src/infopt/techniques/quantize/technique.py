@@ -105,6 +105,30 @@ class Quantize(Technique):
                 "technique.dynamic_backend=torchao_int4 has no CPU kernel in this install (torchao's Int4WeightOnlyConfig needs mslk); "
                 "use hardware=gpu, or technique.method=gptq technique.bits=4 technique.execution=real for packed int4 on CPU"
             )
+        if c.method == "dynamic_int8" and c.dynamic_backend == "torchao_int4":
+            from infopt.techniques.quantize.dynamic import INT4_GROUP_SIZES, int4_group_size
+
+            g = int4_group_size(c.group_size)
+            if g not in INT4_GROUP_SIZES:
+                raise ConfigError(
+                    f"technique.group_size={c.group_size} with technique.dynamic_backend=torchao_int4: "
+                    f"the int4 kernel takes group sizes {list(INT4_GROUP_SIZES)} (or -1 for 128)"
+                )
+            if cfg.model.dtype != "bfloat16":
+                raise ConfigError(
+                    f"technique.dynamic_backend=torchao_int4 packs bfloat16 weights for its CUDA kernel; "
+                    f"model.dtype={cfg.model.dtype}: set model.dtype=bfloat16"
+                )
+            config = architecture_config(
+                cfg.model,
+                Path(cfg.paths.cache_dir) if isinstance(cfg.paths.cache_dir, str) else None,
+            )
+            if config is not None:
+                from dataclasses import replace
+
+                from infopt.techniques.quantize.core import check_group_sizes
+
+                check_group_sizes(layer_input_widths_of(config), replace(c, group_size=g))
         if c.method == "llm_int8" and c.execution == "real" and cfg.hardware.accelerator == "gpu":
             import importlib.util
 
@@ -208,9 +232,16 @@ class Quantize(Technique):
                         "torch.ao quantize_dynamic: per-channel int8 weights, per-tensor dynamic activation scales (x86/fbgemm kernels)"
                     )
                 else:
-                    from infopt.techniques.quantize.dynamic import torchao_quantize
+                    from infopt.techniques.quantize.dynamic import converted_layers, torchao_quantize
 
                     model = torchao_quantize(model, names, c.dynamic_backend, c.group_size)
+                    done = converted_layers(model, names)
+                    metrics["layers_quantized"] = float(len(done))
+                    if len(done) < len(names):
+                        notes.append(
+                            f"torchao left {len(names) - len(done)}/{len(names)} layers in float (shapes its kernel does not take): "
+                            f"{sorted(set(names) - set(done))[:5]}"
+                        )
                     notes.append(
                         f"torchao {c.dynamic_backend}: bench/stored_mb counts its tensor subclasses by their inner "
                         "integer data and scales"
