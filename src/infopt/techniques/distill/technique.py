@@ -330,6 +330,8 @@ class Distill(Technique):
         for key in (
             "train/loss",
             "val/loss",
+            "train/peak_memory_mb",
+            "train/tokens_per_s",  # the last step's; the median above needs rank zero's callback (not ddp_spawn)
             "train/ce",
             "train/forward_kl",
             "train/reverse_kl",
