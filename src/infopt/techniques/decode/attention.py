@@ -20,7 +20,7 @@ import torch
 from infopt.bench.measure import PeakMemory
 from infopt.errors import ConfigError
 from infopt.techniques.base import Applied, Technique
-from infopt.techniques.decode.common import max_context, model_device, resolve_lengths
+from infopt.techniques.decode.common import cached_forward, max_context, model_device, resolve_lengths
 from infopt.techniques.decode.config import AttentionConfig
 
 if TYPE_CHECKING:
@@ -119,20 +119,20 @@ def sweep_point(
     for _ in range(repeats):
         with PeakMemory(device) as mem:
             t = time.perf_counter()
-            out = model(input_ids=ids, use_cache=True)
+            logits, cache = cached_forward(model, ids)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             prefill_s.append(time.perf_counter() - t)
-            cache, token = out.cache, out.logits[:, -1:].argmax(-1)  # (1, 1)
-            del out
+            token = logits[:, -1:].argmax(-1)  # (1, 1)
+            del logits
             t = time.perf_counter()
             for _ in range(decode_tokens):
-                out = model(input_ids=token, cache=cache, use_cache=True)
-                cache, token = out.cache, out.logits[:, -1:].argmax(-1)
+                logits, cache = cached_forward(model, token, cache)
+                token = logits[:, -1:].argmax(-1)
             if device.type == "cuda":
                 torch.cuda.synchronize()
             decode_s.append((time.perf_counter() - t) / decode_tokens)
-            del cache, out
+            del cache, logits
         working.append((mem.peak - mem.start) / MB)
     prefill, decode = statistics.median(prefill_s), statistics.median(decode_s)
     return {

@@ -22,6 +22,19 @@ def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters()).device
 
 
+def cached_forward(model: nn.Module, ids: torch.Tensor, cache: Any = None) -> tuple[torch.Tensor, Any]:
+    """One forward that reads and extends a KV cache: (logits, cache).
+
+    transformers 5.2x calls it ``cache`` (argument and output); earlier 5.x releases, such as the
+    GPU machine's 5.17, ``past_key_values``. Either is taken from the model's own signature.
+    """
+    import inspect
+
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    out = model(input_ids=ids, use_cache=True, **({name: cache} if cache is not None else {}))
+    return out.logits, out["cache"] if "cache" in out else out["past_key_values"]
+
+
 def max_context(model: nn.Module) -> int:
     """The model's maximum context in tokens (position table size or rope limit)."""
     cfg = model.config
