@@ -6,7 +6,9 @@
 # Both are git-ignored; a device call carries them: carry=[".whl", ".cache/infopt-gpu"].
 #
 #   bash scripts/gpu_prepare.sh          # profile "check": what the GPU suite and benchmark import
-#   bash scripts/gpu_prepare.sh full     # also lm-eval and its needs, gguf, compressed-tensors
+#   bash scripts/gpu_prepare.sh evals    # "check" without bitsandbytes, plus lm-eval and its needs, gguf,
+#                                        # compressed-tensors (lm-eval tasks and exports on the GPU)
+#   bash scripts/gpu_prepare.sh full     # both: measured at 65 MiB, over the 64 MiB a call carries (exits 1)
 #
 # Ends with the size of everything a device call sends (64 MiB at most) and writes the wheel list
 # to .cache/infopt-gpu/kit.json, which the check copies into its records.
@@ -18,7 +20,7 @@ PY=${PYTHON:-.venv/bin/python}
 KIT=.cache/infopt-gpu
 LIMIT_MB=64
 
-case "$PROFILE" in check|full) ;; *) echo "usage: $0 [check|full]" >&2; exit 2;; esac
+case "$PROFILE" in check|evals|full) ;; *) echo "usage: $0 [check|evals|full]" >&2; exit 2;; esac
 
 # The versions this checkout is tested with (its .venv), where it has them.
 ver() { "$PY" -c "import importlib.metadata as m, sys; print(m.version(sys.argv[1]))" "$1" 2>/dev/null || echo "$2"; }
@@ -49,7 +51,8 @@ FULL_SDIST=("rouge-score==$(ver rouge-score 0.1.2)" "sqlitedict==$(ver sqlitedic
 
 WANT=("${CHECK[@]}")
 SDIST=("${CHECK_SDIST[@]}")
-if [ "$PROFILE" = full ]; then WANT+=("${FULL[@]}"); SDIST+=("${FULL_SDIST[@]}"); fi
+if [ "$PROFILE" != check ]; then WANT+=("${FULL[@]}"); SDIST+=("${FULL_SDIST[@]}"); fi
+if [ "$PROFILE" = evals ]; then WANT=("${WANT[@]/bitsandbytes==*/}"); fi
 
 rm -rf .whl && mkdir -p .whl
 PLATFORMS=()
@@ -58,6 +61,7 @@ for p in manylinux_2_28_x86_64 manylinux_2_27_x86_64 manylinux_2_24_x86_64 manyl
 done
 failed=()
 for spec in "${WANT[@]}"; do
+  [ -z "$spec" ] && continue
   if ! "$PY" -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
       "${PLATFORMS[@]}" -d .whl "$spec" 2>/tmp/gpu_prepare_pip.log; then
     failed+=("$spec")

@@ -62,3 +62,33 @@ def test_random_shapes_have_the_parameter_counts_docs_quote(shape, params, token
         model = LlamaForCausalLM(tiny_config(obj.model.tiny, vocab_size=len(tokenizer)))
     count = sum(p.numel() for p in model.parameters())
     assert count == pytest.approx(params, rel=0.01)
+
+
+def test_pinned_efficient_sdpa_gets_one_kv_head_per_query_head(monkeypatch, tiny_llama):
+    """CUDA's memory-efficient SDPA kernel rejects grouped K/V heads (enable_gqa), which transformers
+    passes for a Llama without a mask: the pinned backend must receive K/V expanded to every query
+    head. The kernel itself is CUDA-only, so SDPA is replaced by a recorder around the math kernel."""
+    import torch
+    import torch.nn.functional as F
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+
+    from infopt.techniques.decode.attention import set_attention
+
+    real, seen = F.scaled_dot_product_attention, []
+
+    def recorder(q, k, v, *args, **kwargs):
+        seen.append((q.shape[1], k.shape[1]))  # (B, H, T, D): query heads, K/V heads
+        with sdpa_kernel(SDPBackend.MATH):
+            return real(q, k, v, *args, **kwargs)
+
+    ids = torch.randint(0, 1000, (1, 24))
+    set_attention(tiny_llama, "eager")
+    with torch.no_grad():
+        eager = tiny_llama(input_ids=ids).logits
+    monkeypatch.setattr(F, "scaled_dot_product_attention", recorder)
+    set_attention(tiny_llama, "sdpa:efficient")
+    with torch.no_grad():
+        out = tiny_llama(input_ids=ids).logits
+    assert seen and all(q_heads == kv_heads == 4 for q_heads, kv_heads in seen), seen
+    assert tiny_llama.model.layers[0].self_attn.num_key_value_groups == 2  # restored after the call
+    torch.testing.assert_close(out, eager, rtol=1e-4, atol=1e-4)

@@ -41,6 +41,12 @@ _ALIASES = {"math": "math", "flash": "fa", "efficient": "memeff", "cudnn": "cudn
 _GPU_ONLY = ("efficient", "cudnn")
 
 
+def _supports_gqa(backend: str, device: torch.device) -> bool:
+    """Whether SDPA's ``backend`` takes fewer K/V heads than query heads (``enable_gqa``): the CUDA
+    memory-efficient kernel and the CPU flash kernel do not (ATen sdp_utils: supports GQA = false)."""
+    return not (backend == "efficient" or (backend == "flash" and device.type == "cpu"))
+
+
 def sdpa_implementation_name(backend: str) -> str:
     """Register (once) an attention function that runs SDPA pinned to ``backend``; return its name.
 
@@ -60,9 +66,22 @@ def sdpa_implementation_name(backend: str) -> str:
     if name not in AttentionInterface._global_mapping:
         kernel = getattr(SDPBackend, _BACKENDS[backend])
 
-        def forward(*args, **kwargs):
+        def forward(module, query, key, value, *args, **kwargs):
+            groups = getattr(module, "num_key_value_groups", 1)
+            if groups > 1 and not _supports_gqa(backend, query.device):
+                # transformers hands grouped K/V heads to SDPA with enable_gqa=True, which this kernel
+                # rejects: give it one K/V head per query head, as eager attention does.
+                from transformers.integrations.sdpa_attention import repeat_kv
+
+                key, value = repeat_kv(key, groups), repeat_kv(value, groups)  # (B, H_q, T, D)
+                module.num_key_value_groups = 1
+                try:
+                    with sdpa_kernel(kernel):
+                        return sdpa_attention_forward(module, query, key, value, *args, **kwargs)
+                finally:
+                    module.num_key_value_groups = groups
             with sdpa_kernel(kernel):
-                return sdpa_attention_forward(*args, **kwargs)
+                return sdpa_attention_forward(module, query, key, value, *args, **kwargs)
 
         AttentionInterface.register(name, forward)
         AttentionMaskInterface.register(name, sdpa_mask)
