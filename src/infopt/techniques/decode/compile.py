@@ -23,7 +23,7 @@ import torch
 
 from infopt.errors import ConfigError
 from infopt.techniques.base import Applied, Technique
-from infopt.techniques.decode.common import divergence, eos_ids, greedy, stream_prompts, timed
+from infopt.techniques.decode.common import divergence, eos_ids, greedy, stream_prompts, tie_tolerance, timed
 from infopt.techniques.decode.config import TorchCompileConfig
 
 if TYPE_CHECKING:
@@ -116,7 +116,7 @@ class Compile(Technique):
         ties = non_ties = identical = 0
         for p, ref in zip(prompts, references, strict=True):
             out = greedy(model, p, n, pad, **compiled)[0]
-            d = divergence(model, p, ref, out, 1e-4, suppress=eos_ids(model))
+            d = divergence(model, p, ref, out, tie_tolerance(model), suppress=eos_ids(model))
             identical += d is None
             if d is not None:
                 ties += d.tie

@@ -38,6 +38,7 @@ from infopt.techniques.decode.common import (
     model_device,
     resolve_lengths,
     stream_prompts,
+    tie_tolerance,
 )
 from infopt.techniques.decode.config import KVCacheConfig
 
@@ -206,7 +207,7 @@ class KVCache(Technique):
         for p in prompts:
             ref = greedy(model, p, c.agreement_new_tokens, pad)[0]
             out = greedy(model, p, c.agreement_new_tokens, pad, **kwargs)[0]
-            d = divergence(model, p, ref, out, 1e-4, suppress=eos_ids(model))
+            d = divergence(model, p, ref, out, tie_tolerance(model), suppress=eos_ids(model))
             if d is None:
                 identical += 1
                 agree += c.agreement_new_tokens
