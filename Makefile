@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-full bench bench-llamacpp report lint format clean
+.PHONY: install run test test-full bench bench-llamacpp report lint format clean gpu-prepare gpu-check gpu-rehearse
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,17 @@ bench: $(STAMP)
 bench-llamacpp: $(STAMP)
 	$(PY) -m pip install -q ".[llamacpp]"
 	$(PY) run.py bench.backend=llamacpp technique.export=gguf $(ARGS)
+
+# The GPU check (docs/gpu.md): prepare the carried wheels and data here, run the check on a GPU
+# machine (`bash scripts/gpu_check.sh` there), or rehearse it on this CPU.
+gpu-prepare: $(STAMP)
+	PYTHON=$(PY) bash scripts/gpu_prepare.sh $(ARGS)
+
+gpu-check:
+	bash scripts/gpu_check.sh $(ARGS)
+
+gpu-rehearse: $(STAMP)
+	PYTHON=$(PY) bash scripts/gpu_rehearse.sh
 
 report: $(STAMP)
 	$(PY) -m infopt.report outputs $(ARGS)

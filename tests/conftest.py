@@ -21,6 +21,26 @@ CONF_DIR = REPO / "conf"
 CACHE_DIR = Path(os.environ.setdefault("INFOPT_CACHE_DIR", str(REPO / ".cache" / "infopt")))
 
 QUICK = ["eval=quick", "bench=quick", "logger=none"]
+# The GPU suite's own rehearsal on CPU (scripts/gpu_check.sh --cpu): gpu tests run, on the CPU,
+# as far as a CPU can take each of them; the CUDA-only parts skip one by one.
+GPU_SUITE_ON_CPU = os.environ.get("INFOPT_GPU_SUITE_ON_CPU") == "1"
+
+
+def pytest_collection_modifyitems(config, items):
+    """``gpu`` tests skip, with the reason, where no CUDA device is visible."""
+    gpu_items = [item for item in items if item.get_closest_marker("gpu") is not None]
+    if not gpu_items or GPU_SUITE_ON_CPU:
+        return
+    import torch
+
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(
+        reason="no CUDA device on this machine: the GPU suite runs on a GPU machine through scripts/gpu_check.sh "
+        "(docs/gpu.md lists what has not run on a GPU yet)"
+    )
+    for item in gpu_items:
+        item.add_marker(skip)
 
 
 def compose_config(overrides: list[str], output_dir: Path | None = None):
@@ -90,12 +110,18 @@ def tiny_model(request, tokenizer):
 @pytest.fixture(scope="session")
 def text_data(tokenizer):
     """TextData over the embedded Lee corpus with short blocks."""
+    import importlib.util
+
     from infopt.config.schema import DataConfig
     from infopt.data.text import TextData
 
-    return TextData(
-        DataConfig(name="lee_news", source="lee_news", seq_len=64, calibration_samples=8), tokenizer
-    )
+    sample = CACHE_DIR / "data" / "lee_news.txt"  # the GPU machine has no gensim: the same text, as a file
+    if importlib.util.find_spec("gensim") is None and sample.is_file():
+        cfg = DataConfig(name="lee_news", source="text_files", files=[str(sample)], heldout_docs=30,
+                         calibration_docs=30, seq_len=64, calibration_samples=8)  # fmt: skip
+    else:
+        cfg = DataConfig(name="lee_news", source="lee_news", seq_len=64, calibration_samples=8)
+    return TextData(cfg, tokenizer)
 
 
 @pytest.fixture

@@ -33,7 +33,7 @@ def test_cfg_job_shows_the_composed_distill_config():
 @pytest.mark.parametrize(
     "override,needle",
     [
-        ("model=nope", "valid model options: gpt2, hf, smollm2_135m, tiny_gpt2, tiny_llama"),
+        ("model=nope", "valid model options: gpt2, hf, llama_1b_shape, smollm2_135m, smollm2_shape, tiny_gpt2, tiny_llama"),
         ("model.bitz=3", "Key 'bitz' not in 'ModelConfig' (valid keys: name, source"),
         ("eval.limit=abc", "eval.limit=abc"),
         ("eval.limit=-3", "eval.limit=-3 must be > 0"),

@@ -13,6 +13,7 @@ HEADLINE_BENCH = (
     "decode_tokens_per_s_b1",
     "decode_tokens_per_s_b8",
     "peak_rss_mb",
+    "peak_memory_mb",
     "predicted_decode_tokens_per_s_b1",
 )
 

@@ -186,7 +186,9 @@ def measure(
         out["peak_rss_mb"] = mem.peak / MB
     out["working_memory_mb"] = (mem.peak - mem.start) / MB
     if cfg.probe_hardware:
-        hw = probe(str(device), "float32")
+        # On a GPU the matmul rate of the model's own dtype (bf16 tensor cores); on CPU, fp32's.
+        dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+        hw = probe(str(device), str(dtype).removeprefix("torch.") if device.type == "cuda" else "float32")
         out["machine_bandwidth_gbs"] = hw["bandwidth_gbs"]
         out["machine_matmul_gflops"] = hw["matmul_gflops"]
         by_bytes = hw["bandwidth_gbs"] * 1e9 / (out["weight_mb_per_token"] * MB)

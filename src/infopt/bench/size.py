@@ -12,16 +12,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from infopt.models.surgery import parameter_count
+from infopt.models.surgery import inner_tensors, parameter_count, storage_key
 
 
-def _unique_tensors(model: nn.Module) -> dict[int, tuple[str, torch.Tensor]]:
-    seen: dict[int, tuple[str, torch.Tensor]] = {}
+def _unique_tensors(model: nn.Module) -> dict[object, tuple[str, torch.Tensor]]:
+    seen: dict[object, tuple[str, torch.Tensor]] = {}
     for name, t in list(model.named_parameters()) + list(model.named_buffers()):
         if t is None:
             continue
-        key = t.data_ptr() if t.numel() else id(t)
-        seen.setdefault(key, (name, t))
+        seen.setdefault(storage_key(t), (name, t))
     return seen
 
 
@@ -41,11 +40,7 @@ def tensor_bytes(obj: Any, seen: set[int] | None = None) -> int:
         return 0
     seen.add(id(obj))
     if isinstance(obj, torch.Tensor):
-        flatten = getattr(obj, "__tensor_flatten__", None)
-        if type(obj) not in (torch.Tensor, nn.Parameter) and callable(flatten):
-            names, _ = flatten()
-            return sum(tensor_bytes(getattr(obj, n), seen) for n in names)
-        return obj.numel() * obj.element_size()
+        return sum(x.numel() * x.element_size() for x in inner_tensors(obj))
     if isinstance(obj, (list, tuple)):
         return sum(tensor_bytes(o, seen) for o in obj)
     if isinstance(obj, dict):

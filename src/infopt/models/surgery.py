@@ -138,9 +138,26 @@ def sliced_linear(module: nn.Module, out_idx: torch.Tensor | None = None, in_idx
 # --- counting ---------------------------------------------------------------------------------------
 
 
+def inner_tensors(t: torch.Tensor) -> list[torch.Tensor]:
+    """The tensors that hold ``t``'s data: itself, or a tensor subclass's inner tensors (torchao's
+    quantized weights, semi-structured 2:4 sparse weights), whose ``data_ptr()`` is 0 and whose
+    ``element_size()`` is that of the logical float dtype."""
+    flatten = getattr(t, "__tensor_flatten__", None)
+    if callable(flatten) and type(t) not in (torch.Tensor, nn.Parameter):
+        names, _ = flatten()
+        return [x for n in names if (inner := getattr(t, n)) is not None for x in inner_tensors(inner)]
+    return [t]
+
+
+def storage_key(t: torch.Tensor) -> object:
+    """Same key for tensors sharing storage (tied weights), distinct keys otherwise."""
+    ptrs = tuple(x.data_ptr() for x in inner_tensors(t))
+    return ptrs if t.numel() and all(ptrs) else id(t)
+
+
 def parameter_count(model: nn.Module) -> int:
     """Unique parameters (tied embeddings counted once); packed buffers are not parameters."""
-    seen = {p.data_ptr(): p.numel() for p in model.parameters()}
+    seen = {storage_key(p): p.numel() for p in model.parameters()}
     return sum(seen.values())
 
 

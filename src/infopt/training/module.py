@@ -1,6 +1,7 @@
 """LightningModule for causal-LM training stages. Subclasses override ``training_loss``.
 
-Logs ``train/loss``, ``train/lr``, ``train/tokens_per_s`` and ``val/loss``. Anything that must not
+Logs ``train/loss``, ``train/lr``, ``train/tokens_per_s``, ``val/loss`` and, on a GPU,
+``train/peak_memory_mb`` (peak allocation of the process that trains). Anything that must not
 be trained or checkpointed (a teacher) is held outside the module tree: see ``Frozen``.
 """
 
@@ -78,6 +79,8 @@ class CausalLMModule(L.LightningModule):
         if self._t_last is not None:
             logs["train/tokens_per_s"] = torch.tensor(tokens / max(now - self._t_last, 1e-9))
         self._t_last = now
+        if self.device.type == "cuda":  # logged, so it reaches the main process under ddp_spawn too
+            logs["train/peak_memory_mb"] = torch.tensor(torch.cuda.max_memory_allocated(self.device) / 2**20)
         self.log_dict(
             logs,
             on_step=True,

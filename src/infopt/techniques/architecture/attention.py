@@ -20,7 +20,7 @@ from infopt.bench.measure import PeakMemory
 from infopt.bench.timing import timed
 from infopt.errors import ConfigError
 from infopt.models.surgery import context_length, model_device
-from infopt.techniques.architecture.common import resolve_lengths, tokens_of_length
+from infopt.techniques.architecture.common import cached_forward, resolve_lengths, tokens_of_length
 from infopt.techniques.architecture.config import AttentionConfig
 from infopt.techniques.base import Applied, Technique
 
@@ -42,6 +42,12 @@ _ALIASES = {"math": "math", "flash": "fa", "efficient": "memeff", "cudnn": "cudn
 _GPU_ONLY = ("efficient", "cudnn")
 
 
+def _supports_gqa(backend: str, device: torch.device) -> bool:
+    """Whether SDPA's ``backend`` takes fewer K/V heads than query heads (``enable_gqa``): the CUDA
+    memory-efficient kernel and the CPU flash kernel do not (ATen sdp_utils: supports GQA = false)."""
+    return not (backend == "efficient" or (backend == "flash" and device.type == "cpu"))
+
+
 def sdpa_implementation_name(backend: str) -> str:
     """Register (once) an attention function that runs SDPA pinned to ``backend``; return its name.
 
@@ -61,9 +67,22 @@ def sdpa_implementation_name(backend: str) -> str:
     if name not in AttentionInterface._global_mapping:
         kernel = getattr(SDPBackend, _BACKENDS[backend])
 
-        def forward(*args, **kwargs):
+        def forward(module, query, key, value, *args, **kwargs):
+            groups = getattr(module, "num_key_value_groups", 1)
+            if groups > 1 and not _supports_gqa(backend, query.device):
+                # transformers hands grouped K/V heads to SDPA with enable_gqa=True, which this kernel
+                # rejects: give it one K/V head per query head, as eager attention does.
+                from transformers.integrations.sdpa_attention import repeat_kv
+
+                key, value = repeat_kv(key, groups), repeat_kv(value, groups)  # (B, H_q, T, D)
+                module.num_key_value_groups = 1
+                try:
+                    with sdpa_kernel(kernel):
+                        return sdpa_attention_forward(module, query, key, value, *args, **kwargs)
+                finally:
+                    module.num_key_value_groups = groups
             with sdpa_kernel(kernel):
-                return sdpa_attention_forward(*args, **kwargs)
+                return sdpa_attention_forward(module, query, key, value, *args, **kwargs)
 
         AttentionInterface.register(name, forward)
         AttentionMaskInterface.register(name, sdpa_mask)
@@ -119,15 +138,15 @@ def sweep_point(
     prefill_s, decode_s, working = [], [], []
     for _ in range(repeats):
         with PeakMemory(device) as mem:
-            out, seconds = timed(lambda: model(input_ids=ids, use_cache=True), device)
+            (logits, cache), seconds = timed(lambda: cached_forward(model, ids), device)
             prefill_s.append(seconds)
-            state = {"cache": out.cache, "token": out.logits[:, -1:].argmax(-1)}  # token (1, 1)
-            del out
+            state = {"cache": cache, "token": logits[:, -1:].argmax(-1)}  # token (1, 1)
+            del logits, cache
 
             def steps(state=state):
                 for _ in range(decode_tokens):
-                    out = model(input_ids=state["token"], cache=state["cache"], use_cache=True)
-                    state["cache"], state["token"] = out.cache, out.logits[:, -1:].argmax(-1)
+                    logits, state["cache"] = cached_forward(model, state["token"], state["cache"])
+                    state["token"] = logits[:, -1:].argmax(-1)
 
             decode_s.append(timed(steps, device)[1] / decode_tokens)
             del state

@@ -17,6 +17,19 @@ from torch import nn
 from infopt.models.surgery import context_length, model_device
 
 
+def cached_forward(model: nn.Module, ids: torch.Tensor, cache: Any = None) -> tuple[torch.Tensor, Any]:
+    """One forward that reads and extends a KV cache: (logits, cache).
+
+    transformers 5.2x calls it ``cache`` (argument and output); earlier 5.x releases, such as the
+    GPU machine's 5.17, ``past_key_values``. Either is taken from the model's own signature.
+    """
+    import inspect
+
+    name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    out = model(input_ids=ids, use_cache=True, **({name: cache} if cache is not None else {}))
+    return out.logits, out["cache"] if "cache" in out else out["past_key_values"]
+
+
 def resolve_lengths(model: nn.Module, lengths: list[int]) -> list[int]:
     """Context lengths with 0 meaning the model's maximum; duplicates dropped, order kept."""
     top = context_length(model.config)
@@ -162,6 +175,13 @@ def divergence(
     return Divergence(i, ref_tok, oth_tok, gap, tie)
 
 
+def tie_tolerance(model: nn.Module) -> float:
+    """Top-2 logit gap still called a tie: 1e-4 in float32; in bf16/fp16 a logit of ~8 rounds by
+    ~0.03, so two kernels (compiled vs eager, another cache layout) can swap near-tied tokens there."""
+    dtype = next((p.dtype for p in model.parameters() if p.is_floating_point()), torch.float32)
+    return 1e-4 if dtype == torch.float32 else 5e-2
+
+
 @dataclass
 class Agreement:
     """Greedy generations of a decode path against plain greedy decoding, over several prompts."""
@@ -187,10 +207,12 @@ def greedy_agreement(
     new_tokens: int,
     pad: int | None,
     kwargs: dict[str, Any],
-    tolerance: float = 1e-4,
+    tolerance: float | None = None,
     references: list[torch.Tensor] | None = None,
 ) -> Agreement:
-    """Compare ``greedy(..., **kwargs)`` with plain greedy (or ``references``) on each prompt."""
+    """Compare ``greedy(..., **kwargs)`` with plain greedy (or ``references``) on each prompt; a top-2
+    gap within ``tolerance`` (default: ``tie_tolerance`` of the model's dtype) counts as a tie."""
+    tolerance = tie_tolerance(model) if tolerance is None else tolerance
     identical = ties = non_ties = agree = 0
     for i, p in enumerate(prompts):
         ref = references[i] if references is not None else greedy(model, p, new_tokens, pad)[0]

@@ -31,6 +31,7 @@ from infopt.errors import ConfigError
 from infopt.models.surgery import model_device
 from infopt.techniques.architecture.common import (
     cache_bytes,
+    cached_forward,
     greedy_agreement,
     resolve_lengths,
     stream_prompts,
@@ -97,9 +98,8 @@ def cache_in_loop_nll(
     logits = []
     for s in range(0, window.shape[1], chunk):
         ids = window[:, s : s + chunk]  # (1, C)
-        out = model(input_ids=ids, cache=cache, use_cache=True)
-        cache = out.cache
-        logits.append(out.logits[0].float())  # (C, V)
+        out_logits, cache = cached_forward(model, ids, cache)
+        logits.append(out_logits[0].float())  # (C, V)
     full = torch.cat(logits)  # (T, V)
     nll = F.cross_entropy(full[:-1], window[0, 1:], reduction="sum")
     return float(nll), window.shape[1] - 1, full
@@ -114,10 +114,10 @@ def memory_point(
     ids = tokens_of_length(stream, n).to(device)  # (1, n)
     cache = make_cache(model, implementation, n + 1, c)
     with PeakMemory(device) as mem:
-        out = model(input_ids=ids, cache=cache, use_cache=True)
-        out = model(input_ids=out.logits[:, -1:].argmax(-1), cache=out.cache, use_cache=True)
+        out_logits, cache = cached_forward(model, ids, cache)
+        _, cache = cached_forward(model, out_logits[:, -1:].argmax(-1), cache)
     return {
-        "cache_mb": cache_bytes(out.cache) / MB,
+        "cache_mb": cache_bytes(cache) / MB,
         "working_memory_mb": (mem.peak - mem.start) / MB,
     }
 

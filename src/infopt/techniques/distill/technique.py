@@ -346,7 +346,9 @@ class Distill(Technique):
         }
         if stats.tokens_per_s:
             metrics["train_tokens_per_s_median"] = statistics.median(stats.tokens_per_s)
-        logged = ("train/loss", "val/loss", *(f"train/{t}" for t in ("ce", *KD_TERMS, "hidden")))
+        # train/tokens_per_s: the last step's (the median above needs rank zero's callback, not ddp_spawn's)
+        logged = ("train/loss", "val/loss", "train/peak_memory_mb", "train/tokens_per_s",
+                  *(f"train/{t}" for t in ("ce", *KD_TERMS, "hidden")))  # fmt: skip
         metrics.update({k.replace("/", "_"): cm[k] for k in logged if k in cm})
         return metrics
 

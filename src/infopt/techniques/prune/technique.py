@@ -29,6 +29,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+# Weight dtypes of PyTorch's semi-structured 2:4 kernels on the default cuSPARSELt backend (its
+# CUTLASS fallback adds float32, but only when forced; neither takes float32 from cuSPARSELt).
+SPARSE_KERNEL_DTYPES = ("bfloat16", "float16")
+
 MASKED_DENSE_NOTE = (
     "masked_dense: pruned weights are zeros inside dense matrices on dense kernels; no speedup is expected "
     "and the stored size is that of the dense model"
@@ -69,6 +73,16 @@ class Prune(Technique):
                 from infopt.techniques.prune.structured import units_removed
 
                 units_removed(arch, c.structured)
+        if (
+            c.execution == "sparse_kernel"
+            and cfg.hardware.accelerator == "gpu"
+            and cfg.model.dtype not in SPARSE_KERNEL_DTYPES
+        ):
+            raise ConfigError(
+                f"technique.execution=sparse_kernel with model.dtype={cfg.model.dtype}: PyTorch's 2:4 kernels take "
+                f"{' or '.join(SPARSE_KERNEL_DTYPES)} weights; set model.dtype=bfloat16 (the baseline is then measured in "
+                "bfloat16 too, so the speedup is sparsity's alone), or technique.execution=masked_dense"
+            )
         if (
             c.recover.enabled
             and cfg.data.max_docs is not None
@@ -183,8 +197,16 @@ class Prune(Technique):
         metrics["sparsity_min_layer"] = min(per_layer.values())
         metrics["sparsity_max_layer"] = max(per_layer.values())
         execution = "masked_dense"
+        dtype = str(next(model.parameters()).dtype).removeprefix("torch.")
         if nm == (2, 4) and c.execution in ("auto", "sparse_kernel") and ctx.device.type == "cuda":
-            execution = "sparse_kernel"
+            if dtype in SPARSE_KERNEL_DTYPES:
+                execution = "sparse_kernel"
+            else:  # auto: casting only these layers would mix a precision change into the sparsity speedup
+                notes.append(
+                    f"2:4 kernels take {' or '.join(SPARSE_KERNEL_DTYPES)} weights and this model is {dtype}: "
+                    "ran masked dense (load it with model.dtype=bfloat16 to use them)"
+                )
+                notes.append(MASKED_DENSE_NOTE)
         else:
             notes.append(MASKED_DENSE_NOTE)
             if c.execution == "sparse_kernel":
@@ -247,7 +269,7 @@ class Prune(Technique):
         converted = 0
         for name in masks:
             module = model.get_submodule(name)
-            if not isinstance(module, torch.nn.Linear) or module.weight.dtype not in (torch.float16, torch.bfloat16):
+            if not isinstance(module, torch.nn.Linear) or str(module.weight.dtype)[6:] not in SPARSE_KERNEL_DTYPES:
                 continue
             try:
                 module.weight = torch.nn.Parameter(

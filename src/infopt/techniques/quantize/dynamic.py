@@ -55,6 +55,19 @@ def torch_ao_dynamic(model: nn.Module, names: list[str]) -> nn.Module:
         )
 
 
+INT4_GROUP_SIZES = (32, 64, 128, 256)  # the group sizes tinygemm's int4 kernel takes
+
+
+def int4_group_size(group_size: int) -> int:
+    """torchao int4's group size for technique.group_size (-1 or 0: its default, 128)."""
+    return group_size if group_size > 0 else 128
+
+
+def converted_layers(model: nn.Module, names: list[str]) -> list[str]:
+    """The named layers whose weight became a tensor subclass (torchao skips a layer it cannot take)."""
+    return [n for n in names if type(model.get_submodule(n).weight) not in (torch.Tensor, nn.Parameter)]
+
+
 def torchao_quantize(
     model: nn.Module, names: list[str], backend: str, group_size: int
 ) -> nn.Module:
@@ -74,7 +87,11 @@ def torchao_quantize(
     else:
         from torchao.quantization import Int4WeightOnlyConfig
 
-        config = Int4WeightOnlyConfig(group_size=group_size if group_size > 0 else 128)
+        # On CUDA: PyTorch's own tinygemm kernel (aten._weight_int4pack_mm; bf16 weights, K padded to
+        # 1024). torchao's default "plain" format needs the separate mslk kernels package.
+        device = next(model.parameters()).device
+        packing = "tile_packed_to_4d" if device.type == "cuda" else "plain"
+        config = Int4WeightOnlyConfig(group_size=int4_group_size(group_size), int4_packing_format=packing)
     quantize_(
         model, config, filter_fn=lambda mod, fqn: isinstance(mod, nn.Linear) and fqn in wanted
     )

@@ -2,8 +2,9 @@
 
 ``Int8Linear``: int8 weights (per output channel) times int8 activations quantized on the fly
 (per token or per tensor), int32 accumulation, optionally with LLM.int8()'s outlier columns kept
-in float. ``kernel="int_mm"`` runs ``torch._int_mm`` (real int8 GEMM); ``kernel="reference"``
-does the same arithmetic in float (the slow, obviously-correct oracle, and the simulated path).
+in float. ``kernel="int_mm"`` runs ``torch._int_mm`` (real int8 GEMM) through ``int8_mm``, which keeps
+within CUDA's shape limits; ``kernel="reference"`` does the same arithmetic in float (the slow,
+obviously-correct oracle, and the simulated path).
 
 ``PackedLinear``: 2..8-bit codes packed into bytes with float16 scales and zero points; the
 weight is unpacked and de-quantized at each forward (no low-bit kernel on this CPU), so its size
@@ -25,6 +26,45 @@ from infopt.techniques.quantize.core import (
 )
 
 KERNELS = ("reference", "int_mm")
+
+# CUDA's torch._int_mm (a cuBLASLt int8 GEMM) rejects A with 16 rows or fewer and K or N that are not
+# multiples of 8 (``_int_mm_out_cuda`` in ATen's cuda/Blas.cpp); the CPU kernel takes any shape. A
+# decode step sends 1 row (batch 1) or 8 (batch 8), so those are padded with zero rows up to 17:
+# the products of the real rows are unchanged, the padded ones are computed and dropped.
+CUDA_INT_MM_MIN_ROWS = 17
+CUDA_INT_MM_MULTIPLE = 8
+
+
+def follows_cuda_rules(t: torch.Tensor) -> bool:
+    """Whether ``int8_mm`` must keep CUDA's shape limits for ``t`` (tests force it on CPU tensors)."""
+    return t.is_cuda
+
+
+def int_mm_plan(rows: int, k: int, n: int, cuda: bool) -> tuple[str, int]:
+    """How (rows, k) x (k, n) runs: ("int_mm", rows sent to the kernel) or ("float", rows)."""
+    if not cuda:
+        return "int_mm", rows
+    if k % CUDA_INT_MM_MULTIPLE or n % CUDA_INT_MM_MULTIPLE:
+        return "float", rows
+    return "int_mm", max(rows, CUDA_INT_MM_MIN_ROWS)
+
+
+def int8_mm(xq: torch.Tensor, wq_t: torch.Tensor) -> torch.Tensor:
+    """int8 (M, K) @ int8 (K, N) -> (M, N) float32 holding the int32 accumulations.
+
+    On CUDA, M <= 16 is zero-padded to 17 rows; K or N not a multiple of 8 falls back to a float32
+    matmul of the codes (exact while |sum| < 2^24; the int8 weights still save memory, not time).
+    """
+    m, k = xq.shape
+    n = wq_t.shape[1]
+    if m == 0:
+        return xq.new_zeros((0, n), dtype=torch.float32)
+    how, rows = int_mm_plan(m, k, n, follows_cuda_rules(xq))
+    if how == "float":
+        return xq.float() @ wq_t.float()
+    if rows > m:
+        xq = torch.cat([xq, xq.new_zeros(rows - m, k)])  # (rows, K): zero rows contribute zeros
+    return torch._int_mm(xq, wq_t)[:m].float()  # (M, N) int32 -> float
 
 
 def quantize_rows_int8(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -65,6 +105,10 @@ class Int8Linear(nn.Module):
     def dequantized_weight(self) -> torch.Tensor:
         return self.qweight.float() * self.w_scale.float().unsqueeze(1)
 
+    def int_mm_on_cuda(self) -> bool:
+        """Whether CUDA's int8 GEMM takes this layer's K and N (else ``int8_mm`` multiplies in float)."""
+        return int_mm_plan(1, self.in_features, self.out_features, cuda=True)[0] == "int_mm"
+
     def _int8_matmul(self, x: torch.Tensor) -> torch.Tensor:
         """(N, in) float -> (N, out) float via int8 x int8 -> int32."""
         if self.act_granularity == "per_token":
@@ -72,8 +116,8 @@ class Int8Linear(nn.Module):
         else:
             xq, xs = quantize_rows_int8(x.reshape(1, -1))
             xq, xs = xq.view_as(x), xs.expand(x.shape[0], 1)
-        if self.kernel == "int_mm" and x.shape[0] > 0:
-            acc = torch._int_mm(xq, self.qweight.t()).float()  # (N, out) int32 -> float
+        if self.kernel == "int_mm":
+            acc = int8_mm(xq, self.qweight.t())  # (N, out)
         else:
             acc = xq.float() @ self.qweight.float().t()
         return acc * xs * self.w_scale.float().unsqueeze(0)

@@ -116,8 +116,14 @@ def _dynamic_int8(model: nn.Module, layers: Layers, c: QuantizeConfig, ctx: RunC
         note = "torch.ao quantize_dynamic: per-channel int8 weights, per-tensor dynamic activation scales (x86/fbgemm kernels)"
         return Outcome(dynamic.torch_ao_dynamic(model, names), notes=[note], library_modules=True)
     model = dynamic.torchao_quantize(model, names, c.dynamic_backend, c.group_size)
-    note = f"torchao {c.dynamic_backend}: its tensor subclasses are counted in bench/stored_mb by their inner tensors"
-    return Outcome(model, notes=[note], library_modules=True)
+    done = dynamic.converted_layers(model, names)
+    notes = [f"torchao {c.dynamic_backend}: bench/stored_mb counts its tensor subclasses by their inner integer data and scales"]
+    if len(done) < len(names):
+        notes.append(
+            f"torchao left {len(names) - len(done)}/{len(names)} layers in float (shapes its kernel does not take): "
+            f"{sorted(set(names) - set(done))[:5]}"
+        )
+    return Outcome(model, metrics={"layers_quantized": float(len(done))}, notes=notes, library_modules=True)
 
 
 METHODS = {
@@ -165,6 +171,26 @@ def to_packed(model: nn.Module, qweights: dict[str, QuantizedWeight], layers: La
     return model
 
 
+def cuda_int8_notes(model: nn.Module) -> list[str]:
+    """How this project's Int8Linear layers meet CUDA's int8 GEMM limits (none: no note)."""
+    from infopt.techniques.quantize.modules import CUDA_INT_MM_MIN_ROWS, Int8Linear
+
+    layers = [m for m in model.modules() if isinstance(m, Int8Linear) and m.kernel == "int_mm"]
+    if not layers:
+        return []
+    notes = [
+        f"CUDA torch._int_mm needs more than 16 rows: matmuls of fewer rows (decode at batch 1 and 8) are "
+        f"zero-padded to {CUDA_INT_MM_MIN_ROWS} rows (exact; the padded rows are computed and dropped)"
+    ]
+    floats = sum(not m.int_mm_on_cuda() for m in layers)
+    if floats:
+        notes.append(
+            f"{floats}/{len(layers)} int8 layers have K or N not a multiple of 8: CUDA's int8 GEMM rejects them, "
+            "so they multiply their int8 codes in float32 (same result, no int8 speedup)"
+        )
+    return notes
+
+
 def outlier_fraction(model: nn.Module, tokens, threshold: float) -> float:
     """Share of ``Int8Linear`` input columns holding any |x| above ``threshold`` (LLM.int8's float path)."""
     import torch
@@ -182,6 +208,15 @@ def outlier_fraction(model: nn.Module, tokens, threshold: float) -> float:
     with torch.no_grad(), input_hooks(int8, count):
         model(input_ids=tokens)
     return counts[0] / max(counts[1], 1)
+
+
+def _layer_widths(cfg: InfoptConfig) -> dict[str, int] | None:
+    """Input width of every Linear/Conv1D of the model under study, from its config (None: unknown)."""
+    from infopt.models.load import architecture_config
+    from infopt.models.surgery import layer_input_widths, meta_model
+
+    config = architecture_config(cfg.model, Path(cfg.paths.cache_dir) if isinstance(cfg.paths.cache_dir, str) else None)
+    return None if config is None else layer_input_widths(meta_model(config))
 
 
 # --- the technique ------------------------------------------------------------------------------------
@@ -210,6 +245,27 @@ class Quantize(Technique):
                 "technique.dynamic_backend=torchao_int4 has no CPU kernel in this install (torchao's Int4WeightOnlyConfig needs mslk); "
                 "use hardware=gpu, or technique.method=gptq technique.bits=4 technique.execution=real for packed int4 on CPU"
             )
+        if c.method == "dynamic_int8" and c.dynamic_backend == "torchao_int4":
+            from infopt.techniques.quantize.dynamic import INT4_GROUP_SIZES, int4_group_size
+
+            g = int4_group_size(c.group_size)
+            if g not in INT4_GROUP_SIZES:
+                raise ConfigError(
+                    f"technique.group_size={c.group_size} with technique.dynamic_backend=torchao_int4: "
+                    f"the int4 kernel takes group sizes {list(INT4_GROUP_SIZES)} (or -1 for 128)"
+                )
+            if cfg.model.dtype != "bfloat16":
+                raise ConfigError(
+                    f"technique.dynamic_backend=torchao_int4 packs bfloat16 weights for its CUDA kernel; "
+                    f"model.dtype={cfg.model.dtype}: set model.dtype=bfloat16"
+                )
+            widths = _layer_widths(cfg)
+            if widths is not None:
+                from dataclasses import replace
+
+                from infopt.techniques.quantize.core import check_group_sizes
+
+                check_group_sizes(widths, replace(c, group_size=g))
         if c.method == "llm_int8" and c.execution == "real" and cfg.hardware.accelerator == "gpu":
             import importlib.util
 
@@ -224,15 +280,11 @@ class Quantize(Technique):
         c = self.config
         if not any(g > 0 for g in c.group_sizes()) or c.method in W8A8_METHODS:
             return
-        from infopt.models.load import architecture_config
-
-        cache_dir = Path(cfg.paths.cache_dir) if isinstance(cfg.paths.cache_dir, str) else None
-        config = architecture_config(cfg.model, cache_dir)
-        if config is not None:
-            from infopt.models.surgery import layer_input_widths, meta_model
+        widths = _layer_widths(cfg)
+        if widths is not None:
             from infopt.techniques.quantize.core import check_group_sizes
 
-            check_group_sizes(layer_input_widths(meta_model(config)), c)
+            check_group_sizes(widths, c)
 
     def apply(self, model: nn.Module, ctx: RunContext) -> Applied:
         import torch
@@ -244,11 +296,13 @@ class Quantize(Technique):
         t0 = time.perf_counter()
         with torch.no_grad(), PeakMemory(ctx.device) as mem:
             out = METHODS[c.method](model, layers, c, ctx)
-        metrics: dict[str, float] = {"layers_quantized": float(len(layers)), **out.metrics}
+        metrics: dict[str, float] = {"layers_quantized": float(len(layers)), **out.metrics}  # a method may count fewer
         metrics["quantize_wall_s"] = time.perf_counter() - t0
         # Whole-process peak (model, calibration activations, Hessians) while the method ran.
         metrics["quantize_peak_memory_mb"] = mem.peak / 2**20
         model, notes = out.model, list(out.notes)
+        if ctx.device.type == "cuda" and c.execution == "real":
+            notes.extend(cuda_int8_notes(model))
         if out.qweights is not None:  # weight-only methods: floats now hold the de-quantized weights
             if c.execution == "real":
                 model = to_packed(model, out.qweights, layers)
