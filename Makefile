@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-full bench bench-llamacpp report lint format clean gpu-prepare gpu-check gpu-rehearse
+.PHONY: install run test test-full bench bench-llamacpp report results docs notebooks lint format clean gpu-prepare gpu-check gpu-rehearse
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -48,8 +48,22 @@ gpu-rehearse: $(STAMP)
 report: $(STAMP)
 	$(PY) -m infopt.report outputs $(ARGS)
 
+# The committed records (results/<study>/): regenerate one study or all, resuming; then render the docs
+# and notebooks from them. STUDY=all is every study (several hours on 2 cores: docs/studies.md).
+STUDY ?= all
+results: $(STAMP)
+	$(PY) -m infopt.studies.records regenerate $(STUDY)
+	$(PY) -m infopt.report --docs
+	$(PY) scripts/make_notebooks.py --execute $(filter-out all,$(STUDY))
+
+docs: $(STAMP)
+	$(PY) -m infopt.report --docs
+
+notebooks: $(STAMP)
+	$(PY) scripts/make_notebooks.py --execute
+
 lint: $(STAMP)
-	$(PY) -m ruff check src tests
+	$(PY) -m ruff check src tests benchmarks scripts
 
 format: $(STAMP)
 	$(PY) -m ruff format src tests

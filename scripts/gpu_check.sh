@@ -70,9 +70,9 @@ cat "$WORK/environment.txt" | tail -n 14
 if [[ ",$PARTS," == *",suite,"* ]]; then
   log "suite: pytest -m gpu (at most ${SUITE_S}s)"
   # Files in priority order (pytest keeps it); SIGINT at the limit lets pytest write its report.
-  timeout --signal=INT --kill-after=20 "$SUITE_S" "$PY" -m pytest -m gpu tests/test_gpu_quantize.py \
-    tests/test_gpu_sparse.py tests/test_gpu_training.py tests/test_gpu_bench.py tests/test_gpu_decode.py \
-    tests/test_prune.py -p no:cacheprovider \
+  timeout --signal=INT --kill-after=20 "$SUITE_S" "$PY" -m pytest -m gpu tests/gpu/test_gpu_quantize.py \
+    tests/gpu/test_gpu_sparse.py tests/gpu/test_gpu_training.py tests/gpu/test_gpu_bench.py tests/gpu/test_gpu_decode.py \
+    tests/techniques/test_prune.py -p no:cacheprovider \
     -q -rfEs --durations=15 --timeout=150 --junitxml="$WORK/junit.xml" >"$WORK/pytest.log" 2>&1
   rc=$?
   tail -n 40 "$WORK/pytest.log"

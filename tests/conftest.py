@@ -45,23 +45,9 @@ def pytest_collection_modifyitems(config, items):
 
 def compose_config(overrides: list[str], output_dir: Path | None = None):
     """The real config, composed with overrides, paths pointed at test dirs."""
-    from hydra import compose, initialize_config_dir
-    from hydra.core.global_hydra import GlobalHydra
-    from omegaconf import open_dict
+    from infopt.composition import compose
 
-    from infopt.composition.store import register_configs
-
-    register_configs()
-    GlobalHydra.instance().clear()
-    try:
-        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-            cfg = compose(config_name="config", overrides=overrides)
-    finally:
-        GlobalHydra.instance().clear()
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(output_dir or "/nonexistent-output-dir")
-        cfg.paths.cache_dir = str(CACHE_DIR)
-    return cfg
+    return compose(overrides, output_dir or "/nonexistent-output-dir", CACHE_DIR)
 
 
 @pytest.fixture(scope="session")

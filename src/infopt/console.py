@@ -31,6 +31,8 @@ class OwnRecords(logging.Filter):
     """Console filter: infopt's records, and errors from anyone (a failure must be seen)."""
 
     def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "file_only", False):  # already shown on the console by rich (phases)
+            return False
         return record.name == "infopt" or record.name.startswith("infopt.") or record.levelno >= logging.ERROR
 
 
@@ -139,4 +141,5 @@ def phase(name: str) -> Iterator[Phase]:
             status.stop()
         mark = "[green]done[/]" if ok else "[red]failed[/]"
         term.print(f"infopt: {escape(name)} {mark} ({current.elapsed:.1f} s)")
+        log.info("%s %s (%.1f s)", name, "done" if ok else "failed", current.elapsed, extra={"file_only": True})
         sys.stderr.flush()

@@ -30,6 +30,9 @@ class RunContext:
     measure: Callable[[nn.Module, dict[str, Any]], dict[str, dict[str, float]]] | None = None
     # The baseline measurement, when there is one (for per-stage ratios).
     baseline: dict[str, dict[str, float]] | None = None
+    # The model as loaded, before any pipeline stage changed it (kept only for a stage that asks for it,
+    # e.g. distill with teacher=original); None outside pipelines, where the incoming model is that model.
+    original: nn.Module | None = None
     extras: dict[str, Any] = field(default_factory=dict)
 
     @classmethod

@@ -6,6 +6,7 @@ validate -> load -> baseline (cached) -> technique -> export -> measure -> recor
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 from dataclasses import dataclass, field
@@ -108,6 +109,7 @@ class Setup:
     technique: Any  # the built Technique
     started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     t0: float = field(default_factory=time.perf_counter)
+    load_start: tuple[float, float, float] = field(default_factory=os.getloadavg)  # 1/5/15-min load when it began
 
     @property
     def run_name(self) -> str:
@@ -221,7 +223,7 @@ def build_record(setup: Setup, loaded: Loaded, applied, baseline, cached: bool, 
         "schema_version": SCHEMA_VERSION,
         "run": {
             "name": setup.run_name, "output_dir": str(setup.output_dir), "group": obj.logger.group or setup.job.group,
-            "overrides": setup.job.overrides, "started": setup.started.isoformat(),
+            "overrides": setup.job.overrides, "command": command_line(), "started": setup.started.isoformat(),
             "finished": datetime.now(timezone.utc).isoformat(), "wall_s": time.perf_counter() - setup.t0,
             "load_s": loaded.load_s, "status": "complete",
         },
@@ -229,7 +231,8 @@ def build_record(setup: Setup, loaded: Loaded, applied, baseline, cached: bool, 
         "config_hash": setup.config_hash,
         "baseline_key": key,
         "baseline_cached": cached,
-        "environment": environment(setup.device_info, obj.seed),
+        "environment": {**environment(setup.device_info, obj.seed), "loadavg_start": list(setup.load_start),
+                        "loadavg_end": list(os.getloadavg())},
         "baseline": baseline,
         "result": result,
         "technique": {
@@ -246,6 +249,14 @@ def build_record(setup: Setup, loaded: Loaded, applied, baseline, cached: bool, 
     # What a search (hydra/sweeper=optuna) optimises: a summary key, penalised over budget.
     record["objective"], record["objective_detail"] = objective_value(obj.objective, summary_of(record))
     return record
+
+
+def command_line() -> str:
+    """How this job was started (secrets redacted): the command that regenerates its record."""
+    import shlex
+    import sys
+
+    return " ".join(shlex.quote(a) for a in ["python", "run.py", *redact(sys.argv[1:])])
 
 
 def summary_of(record: dict[str, Any]) -> dict[str, Any]:

@@ -167,6 +167,8 @@ def measure(
     model.eval()
     out = static_costs(model)
     notes: list[str] = []
+    if not cfg.timing:  # sizes and bytes per token only: a quality study that makes no speed claim
+        return out, ["bench.timing=false: sizes only, no speed measured"]
     extra = dict(generate_kwargs or {})
     vocab = model.config.vocab_size
     with PeakMemory(device) as mem:

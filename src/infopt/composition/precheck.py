@@ -7,6 +7,7 @@ value and what is allowed. Sweep axes (``a=1,2``) are checked one value at a tim
 from __future__ import annotations
 
 import itertools
+import math
 from pathlib import Path
 
 from hydra.core.global_hydra import GlobalHydra
@@ -105,7 +106,8 @@ def runs_task(argv: list[str]) -> bool:
 
 
 def _expand(overrides: list[str]) -> list[list[str]]:
-    """Each combination of simple sweep values; range/interval sweeps keep their first form."""
+    """Combinations of simple sweep values to check: all of them up to ``_MAX_COMBINATIONS``, else every
+    value of every axis once (range/interval sweeps are left to the sweeper)."""
     from hydra.core.override_parser.overrides_parser import OverridesParser
 
     parsed = OverridesParser.create().parse_overrides(overrides)
@@ -120,8 +122,11 @@ def _expand(overrides: list[str]) -> list[list[str]]:
             axes.append([f"{key}={v}" for v in values])
         else:
             axes.append([ov.input_line])
-    combos = list(itertools.islice(itertools.product(*axes), _MAX_COMBINATIONS))
-    return [list(c) for c in combos]
+    if math.prod(len(a) for a in axes) <= _MAX_COMBINATIONS:
+        return [list(c) for c in itertools.product(*axes)]
+    # Too many to compose one by one: every value of every axis, the other axes at their first value.
+    first = [a[0] for a in axes]
+    return [first] + [[*first[:i], v, *first[i + 1 :]] for i, axis in enumerate(axes) for v in axis[1:]]
 
 
 def one_line(err: BaseException) -> str:
@@ -169,9 +174,6 @@ def precheck(argv: list[str], conf_dir: Path) -> str | None:
     if not runs_task:
         return None
     from hydra import compose, initialize_config_dir
-    from omegaconf import open_dict
-
-    from infopt.composition.validate import validate_config
 
     _FIRST_COMPOSED.clear()
     try:
@@ -181,25 +183,63 @@ def precheck(argv: list[str], conf_dir: Path) -> str | None:
             combos = _expand([*overrides, *extra])
     except _COMPOSE_ERRORS as err:
         return _compose_error(err, overrides)
-    for combo in combos:
-        cfg = _FIRST_COMPOSED.pop(tuple(combo), None)
-        if cfg is not None:  # composed above with Hydra's own node, which validation does not want
-            with open_dict(cfg):
-                del cfg["hydra"]
-        else:
-            GlobalHydra.instance().clear()
-            try:
-                with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
-                    cfg = compose(config_name="config", overrides=combo)
-            except _COMPOSE_ERRORS as err:
-                return _compose_error(err, combo)
-            finally:
-                GlobalHydra.instance().clear()
+    GlobalHydra.instance().clear()
+    composer = _Composer(compose, {p.name for p in conf_dir.iterdir() if p.is_dir()})
+    try:
+        with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):  # one Hydra context for all
+            for combo in combos:
+                message = _check_combination(combo, len(combos), composer)
+                if message:
+                    return message
+    finally:
+        GlobalHydra.instance().clear()
+    return None
+
+
+class _Composer:
+    """Compose a combination the way Hydra does, but once per distinct set of config-group choices: key
+    overrides (``technique.bits=3``) are then applied to a copy, as Hydra applies them after composing."""
+
+    def __init__(self, compose, groups: set[str]) -> None:
+        self.compose, self.groups, self.cache = compose, groups, {}
+
+    def __call__(self, combo: list[str]):
+        import copy
+
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        def is_group(o: str) -> bool:
+            return o.split("=", 1)[0].lstrip("+~").split("@", 1)[0] in self.groups
+
+        choices = tuple(o for o in combo if is_group(o))
+        if choices not in self.cache:
+            self.cache[choices] = self.compose(config_name="config", overrides=list(choices))
+        cfg = copy.deepcopy(self.cache[choices])
+        keys = [o for o in combo if not is_group(o)]
+        ConfigLoaderImpl._apply_overrides_to_config(OverridesParser.create().parse_overrides(keys), cfg)
+        return cfg
+
+
+def _check_combination(combo: list[str], total: int, compose) -> str | None:
+    from omegaconf import open_dict
+
+    from infopt.composition.validate import validate_config
+
+    cfg = _FIRST_COMPOSED.pop(tuple(combo), None)
+    if cfg is not None:  # composed above with Hydra's own node, which validation does not want
         with open_dict(cfg):
-            cfg.paths.output_dir = "<precheck>"  # ${hydra:...} does not resolve outside a run
+            del cfg["hydra"]
+    else:
         try:
-            validate_config(cfg)
-        except InfoptError as err:
-            where = f" (in sweep combination: {' '.join(combo)})" if len(combos) > 1 else ""
-            return f"{err}{where}"
+            cfg = compose(combo)
+        except _COMPOSE_ERRORS as err:
+            return _compose_error(err, combo)
+    with open_dict(cfg):
+        cfg.paths.output_dir = "<precheck>"  # ${hydra:...} does not resolve outside a run
+    try:
+        validate_config(cfg)
+    except InfoptError as err:
+        where = f" (in sweep combination: {' '.join(combo)})" if total > 1 else ""
+        return f"{err}{where}"
     return None

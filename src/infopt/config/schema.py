@@ -125,6 +125,7 @@ class EvalConfig:
 @dataclass
 class BenchConfig:
     enabled: bool = True
+    timing: bool = True  # false: sizes and bytes per token only (quality studies that make no speed claim)
     backend: str = "transformers"  # transformers | llamacpp (exported GGUF) | vllm (GPU)
     prompt_tokens: int = 128  # prefill length
     new_tokens: int = 32  # decoded tokens per measurement

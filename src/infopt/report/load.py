@@ -1,10 +1,12 @@
 """Read ``results.json`` files (offline, no W&B) into flat rows: one per run.
 
-Used by ``python -m infopt.report`` and by the notebooks (``load.rows(dir)`` /
-``load.dataframe(dir)``). A row names what was done (model, technique, method, stages), what it
-scored (``quality``: one eval metric, and its ``recovery``), what it cost (stored size, decode and
-prefill speed), and where and how it was measured (``hardware``, ``eval_settings``), so rows
-from different machines or eval settings are never compared by accident.
+Used by ``python -m infopt.report``, the docs renderer and the notebooks (``load.rows(dir)`` /
+``load.dataframe(dir)``). A row names what was done (model, technique, a short label by what differs),
+what it scored (``quality``: one eval metric with its 95% interval, and its ``recovery`` with the paired
+interval), what it cost (stored size, decode and prefill speed with their min-max), and where and how it
+was measured (``hardware``, ``eval_settings``), so rows from different machines or eval settings are
+never compared by accident. Records are checked first: another schema version or a malformed record is
+skipped with a warning, never merged.
 """
 
 from __future__ import annotations
@@ -13,8 +15,10 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from infopt.errors import ConfigError
 from infopt.io import read_json
-from infopt.results import lower_is_better, stable_hash
+from infopt.report.labels import names
+from infopt.results import SCHEMA_VERSION, is_point_metric, lower_is_better, stable_hash
 
 log = logging.getLogger(__name__)
 
@@ -25,19 +29,20 @@ PREFERRED_METRICS = (
     "heldout/bits_per_byte",
     "analogy/acc",
 )
-# Config keys that vary between repeats of the same setting (aggregated, not compared).
-SEED_KEYS = (("seed",), ("data", "seed"))
 # Config keys that never change what was computed.
 NON_SETTING_KEYS = ("paths", "logger", "run_name", "skip_completed", "objective")
 COST_KEYS = (
     "stored_mb",
     "decode_ms_per_token_b1",
     "decode_tokens_per_s_b1",
+    "decode_tokens_per_s_b8",
     "prefill_ms_b1",
     "prefill_tokens_per_s_b1",
     "peak_rss_mb",
     "params",
+    "weight_mb_per_token",
 )
+SPREAD_KEYS = ("decode_tokens_per_s_b1", "decode_tokens_per_s_b8")  # have _min / _max in the record
 
 
 def find_results(paths: list[str | Path]) -> list[Path]:
@@ -53,47 +58,68 @@ def find_results(paths: list[str | Path]) -> list[Path]:
     return sorted(found)
 
 
+def problem(record: Any) -> str | None:
+    """Why a parsed results.json cannot be reported (None: it can)."""
+    if not isinstance(record, dict):
+        return "not a JSON object"
+    if record.get("schema_version") != SCHEMA_VERSION:
+        return f"schema_version {record.get('schema_version')!r}, this infopt reads {SCHEMA_VERSION}"
+    if (record.get("run") or {}).get("status") != "complete":
+        return "not a complete run"
+    result = record.get("result")
+    if not isinstance(result, dict) or not isinstance(result.get("eval"), dict) or not isinstance(result.get("bench", {}), dict):
+        return "no result with eval and bench sections"
+    if not isinstance(record.get("config"), dict):
+        return "no config"
+    return None
+
+
 def load_records(paths: list[str | Path]) -> list[dict[str, Any]]:
     records = []
     for path in find_results(paths):
         record = read_json(path)
-        if not isinstance(record, dict) or "result" not in record:
-            log.warning("report: %s is not a complete results.json; skipped", path)
+        why = problem(record)
+        if why is not None:
+            log.warning("report: %s skipped: %s", path, why)
             continue
         record["_path"] = str(path)
         records.append(record)
     return records
 
 
+def available_metrics(records: list[dict[str, Any]]) -> list[str]:
+    """Quality metrics every record has (the ones a comparison can use)."""
+    sets = [{k for k in (r.get("result") or {}).get("eval", {}) if is_point_metric(k)} for r in records]
+    return sorted(set.intersection(*sets)) if sets else []
+
+
 def choose_metric(records: list[dict[str, Any]], metric: str | None = None) -> str:
-    """The quality metric to compare on: ``metric`` if given, else the first preferred one every run has."""
+    """The quality metric to compare on: ``metric`` if every record has it (else ConfigError naming the
+    valid ones), otherwise the first preferred one every record has."""
+    common = available_metrics(records)
     if metric:
+        if records and metric not in common:
+            raise ConfigError(f"--metric {metric!r} is not in every record; valid: {', '.join(common) or '(none)'}")
         return metric
-    available = [set((r.get("result") or {}).get("eval", {})) for r in records]
-    if not available:
-        return PREFERRED_METRICS[0]
-    common = set.intersection(*available)
     for m in PREFERRED_METRICS:
         if m in common:
             return m
-    token = sorted(m for m in common if m.startswith("heldout/token_perplexity"))
-    if token:
-        return token[0]
-    rest = sorted(m for m in common if not m.endswith("_stderr"))
-    return rest[0] if rest else PREFERRED_METRICS[0]
+    token = [m for m in common if m.startswith("heldout/token_perplexity")]
+    return (token or common or list(PREFERRED_METRICS))[0]
 
 
-def _without(config: dict[str, Any], paths: tuple[tuple[str, ...], ...]) -> dict[str, Any]:
-    out = {k: v for k, v in config.items() if k not in NON_SETTING_KEYS}
-    for path in paths:
-        node = out
-        for key in path[:-1]:
-            if not isinstance(node.get(key), dict):
-                break
-            node[key] = dict(node[key])
-            node = node[key]
-        else:
-            node.pop(path[-1], None)
+def _without(config: dict[str, Any]) -> dict[str, Any]:
+    """The config minus what does not change a setting: paths, logging, and every ``seed`` (repeats)."""
+
+    def strip(node: Any) -> Any:
+        if isinstance(node, dict):
+            return {k: strip(v) for k, v in node.items() if k != "seed"}
+        if isinstance(node, list):
+            return [strip(v) for v in node]
+        return node
+
+    out = strip({k: v for k, v in config.items() if k not in NON_SETTING_KEYS})
+    out.get("bench", {}).pop("timing", None)  # a sizes-only repeat adds quality, not another setting
     return out
 
 
@@ -126,79 +152,87 @@ def bench_settings(record: dict[str, Any]) -> str:
     return f"prompt {b.get('prompt_tokens')}, {b.get('new_tokens')} new tokens"
 
 
-def row(record: dict[str, Any], metric: str) -> dict[str, Any]:
+def _interval(values: dict[str, Any], key: str, lo: str = "_ci95_low", hi: str = "_ci95_high") -> tuple[Any, Any]:
+    return values.get(f"{key}{lo}"), values.get(f"{key}{hi}")
+
+
+def row(record: dict[str, Any], metric: str, label: str | None = None) -> dict[str, Any]:
     config = record.get("config") or {}
     tech = record.get("technique") or {}
     result = record.get("result") or {}
-    bench = result.get("bench") or {}
+    bench, ev = result.get("bench") or {}, result.get("eval") or {}
     baseline = record.get("baseline") or {}
     ratios = record.get("ratios") or {}
-    ev_label, ev_key = eval_settings(record)
     hardware = hardware_label(record)
-    stages = record.get("stages") or []
-    technique_label = tech.get("name", "?")
-    if stages:
-        technique_label = " -> ".join(
-            s["name"] + (f"({s['method']})" if s.get("method") else "") for s in stages
-        )
-    elif tech.get("method"):
-        structured = ((config.get("technique") or {}).get("structured") or {}).get("target")
-        if structured and structured != "none":  # records written before the method said so
-            technique_label += f"(structured:{structured})"
-        else:
-            technique_label += f"({tech['method']})"
+    ev_label, ev_key = eval_settings(record)
     out: dict[str, Any] = {
-        "name": (record.get("run") or {}).get("name", "?"),
+        "name": label or (record.get("run") or {}).get("name", "?"),
+        "run_name": (record.get("run") or {}).get("name", "?"),
         "dir": str(Path(record.get("_path", "results.json")).parent),
         "experiment": config.get("experiment"),
         "model": (config.get("model") or {}).get("name"),
         "technique": tech.get("name"),
+        "family": tech.get("family"),
         "method": tech.get("method"),
-        "label": technique_label,
+        "label": label or tech.get("name"),
         "execution": tech.get("execution"),
         "seed": config.get("seed"),
-        "data_seed": (config.get("data") or {}).get("seed"),
         "metric": metric,
         "higher_is_better": not lower_is_better(metric),
-        "quality": (result.get("eval") or {}).get(metric),
+        "quality": ev.get(metric),
         "recovery": ratios.get(f"eval/{metric}/recovery"),
         "baseline_quality": (baseline.get("eval") or {}).get(metric),
         "compression": ratios.get("bench/stored_mb/compression"),
         "decode_speedup_b1": ratios.get("bench/decode_tokens_per_s_b1/speedup"),
+        "predicted_speedup": ratios.get("bench/weight_mb_per_token/predicted_speedup"),
         "hardware": hardware,
         "eval_settings": ev_label,
         "eval_key": ev_key,
         "bench_settings": bench_settings(record),
         "baseline_key": record.get("baseline_key"),
         "objective": record.get("objective"),
+        "wall_s": (record.get("run") or {}).get("wall_s"),
+        "git_commit": (record.get("environment") or {}).get("git_commit"),
         # Runs with the same setting_key differ only in seeds: they are repeats, aggregated.
-        "setting_key": stable_hash(
-            {"config": _without(config, SEED_KEYS), "hardware": hardware}, 12
-        ),
+        "setting_key": stable_hash({"config": _without(config), "hardware": hardware}, 12),
         "reverse": (config.get("technique") or {}).get("reverse"),
-        "order_key": stable_hash(
-            {
-                "config": _without(config, (*SEED_KEYS, ("technique", "reverse"))),
-                "hardware": hardware,
-            },
-            12,
-        )
-        if stages
-        else None,
-    }
+        "order_key": stable_hash({"config": _without({**config, "technique": {
+            k: v for k, v in (config.get("technique") or {}).items() if k != "reverse"}}), "hardware": hardware}, 12)
+        if record.get("stages") else None,
+    }  # fmt: skip
+    out["quality_low"], out["quality_high"] = _interval(ev, metric)
+    out["recovery_low"], out["recovery_high"] = _interval(ratios, f"eval/{metric}/recovery")
+    speedup = "bench/decode_tokens_per_s_b1/speedup"
+    out["decode_speedup_b1_low"], out["decode_speedup_b1_high"] = _interval(ratios, speedup, "_min", "_max")
     for key in COST_KEYS:
         out[key] = bench.get(key)
         out[f"baseline_{key}"] = (baseline.get("bench") or {}).get(key)
+    for key in SPREAD_KEYS:
+        out[f"{key}_low"], out[f"{key}_high"] = _interval(bench, key, "_min", "_max")
+    lo, hi = out["decode_tokens_per_s_b1_low"], out["decode_tokens_per_s_b1_high"]
+    if lo and hi:  # ms per token from the slowest and fastest repeat
+        out["decode_ms_per_token_b1_low"], out["decode_ms_per_token_b1_high"] = 1e3 / hi, 1e3 / lo
+    # Other engines measured beside transformers (bench.backend=llamacpp|vllm): *_decode_tokens_per_s_b1.
+    for key, value in bench.items():
+        if key.endswith("_decode_tokens_per_s_b1") and key != "decode_tokens_per_s_b1":
+            out[key] = value
     return out
 
 
 def rows(paths: list[str | Path] | str | Path, metric: str | None = None) -> list[dict[str, Any]]:
-    """One flat row per results.json under ``paths``."""
+    """One flat row per readable results.json under ``paths``, named by what differs between them."""
     if isinstance(paths, (str, Path)):
         paths = [paths]
     records = load_records(list(paths))
     chosen = choose_metric(records, metric)
-    return [row(r, chosen) for r in records]
+    out = [row(r, chosen, label) for r, label in zip(records, names(records), strict=True)]
+    settings: dict[str, set[str]] = {}
+    for r in out:
+        settings.setdefault(r["label"], set()).add(r["setting_key"])
+    for r in out:  # two settings the config cannot tell apart (another machine, say): add the run's name
+        if len(settings[r["label"]]) > 1:
+            r["name"] = r["label"] = f"{r['label']} ({r['run_name']})"
+    return out
 
 
 def dataframe(paths: list[str | Path] | str | Path, metric: str | None = None):

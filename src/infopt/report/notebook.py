@@ -1,7 +1,7 @@
-"""Small helpers that keep each notebook in notebooks/ to a few cells.
+"""What keeps each notebook in notebooks/ to a few cells: its study's committed records, as a table,
+as Pareto figures (matplotlib: PNG outputs GitHub shows), and the study's claims asserted.
 
-``results_dir(default)`` reads ``INFOPT_RESULTS`` (the test suite points it at tiny-model runs);
-the figure helpers draw on matplotlib axes the same way as the HTML report.
+``results_dir(study)`` is ``results/<study>`` of this checkout, or ``$INFOPT_RESULTS/<study>`` when set.
 """
 
 from __future__ import annotations
@@ -12,50 +12,36 @@ from typing import Any
 
 from infopt.report import analysis, load, plots
 
-TABLE_COLUMNS = [
-    "name",
-    "model",
-    "label",
-    "execution",
-    "quality",
-    "recovery",
-    "stored_mb",
-    "compression",
-    "decode_ms_per_token_b1",
-    "decode_tokens_per_s_b1",
-    "hardware",
-]
+TABLE_COLUMNS = ["name", "family", "n", "quality", "quality_low", "quality_high", "recovery", "stored_mb",
+                 "compression", "decode_tokens_per_s_b1", "decode_speedup_b1", "predicted_speedup"]  # fmt: skip
+REPO = Path(__file__).resolve().parents[3]
 
 
-def results_dir(default: str) -> Path:
-    """``$INFOPT_RESULTS`` if set, else ``default`` (relative to the repository root)."""
-    env = os.environ.get("INFOPT_RESULTS")
-    if env:
-        return Path(env)
-    root = Path(__file__).resolve().parents[3]
-    return root / default
+def results_dir(study: str) -> Path:
+    root = Path(os.environ["INFOPT_RESULTS"]) if os.environ.get("INFOPT_RESULTS") else REPO / "results"
+    return root / study
 
 
-def table(path: str | Path, metric: str | None = None):
-    """The runs under ``path``, seeds aggregated, as a DataFrame."""
+def study(name: str, metric: str | None = None) -> list[dict[str, Any]]:
+    """The study's runs, seeds aggregated, each with its quality interval."""
+    return analysis.aggregate_seeds(load.rows(results_dir(name), metric))
+
+
+def table(rows: list[dict[str, Any]]):
+    """The rows as a DataFrame with the columns a reader compares."""
     import pandas as pd
 
-    rows = analysis.aggregate_seeds(load.rows(path, metric))
-    return (
-        pd.DataFrame(rows)[[*TABLE_COLUMNS, "n"]] if rows else pd.DataFrame(columns=TABLE_COLUMNS)
-    )
+    frame = pd.DataFrame(rows)
+    return frame[[c for c in TABLE_COLUMNS if c in frame.columns]]
 
 
-def pareto_figure(path: str | Path, cost: str = "stored_mb", metric: str | None = None):
-    """One Pareto panel per eval setting (and per hardware for latency costs)."""
+def pareto_figure(rows: list[dict[str, Any]], cost: str = "stored_mb"):
+    """One Pareto panel per eval setting (and per hardware for latency costs), intervals as error bars."""
     import matplotlib.pyplot as plt
 
-    rows = analysis.aggregate_seeds(load.rows(path, metric))
     keys = ("eval_key",) if cost == "stored_mb" else ("eval_key", "hardware")
     groups = sorted(analysis.group_by(rows, *keys).items(), key=lambda kv: str(kv[0]))
-    fig, axes = plt.subplots(
-        1, max(len(groups), 1), figsize=(7 * max(len(groups), 1), 4.5), squeeze=False
-    )
+    fig, axes = plt.subplots(1, max(len(groups), 1), figsize=(7.5 * max(len(groups), 1), 4.8), squeeze=False)
     for ax, (key, members) in zip(axes[0], groups, strict=False):
         points = analysis.pareto_points(members, cost)
         plots.pareto_axes(ax, points, cost, members[0]["metric"], members[0]["higher_is_better"])
@@ -64,45 +50,22 @@ def pareto_figure(path: str | Path, cost: str = "stored_mb", metric: str | None 
     return fig
 
 
-def order_effects_figure(path: str | Path, metric: str | None = None):
-    """Quality of each pipeline in its listed order (A) and reversed (B)."""
-    import matplotlib.pyplot as plt
+def assert_claims(name: str) -> list[str]:
+    """The study's conclusions, each checked on its records (AssertionError naming any that fails)."""
+    from infopt.report.claims import check
 
-    effects = analysis.order_effects(load.rows(path, metric))
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for i, e in enumerate(effects):
-        ax.bar(
-            [2 * i, 2 * i + 0.8],
-            [e["quality_forward"], e["quality_reversed"]],
-            width=0.7,
-            color=["tab:blue", "tab:orange"],
-        )
-        ax.text(
-            2 * i + 0.4,
-            max(e["quality_forward"], e["quality_reversed"]),
-            f"A - B = {e['quality_difference']:.3g}",
-            ha="center",
-            va="bottom",
-            fontsize=8,
-        )
-    ax.set_xticks(
-        [x for i in range(len(effects)) for x in (2 * i, 2 * i + 0.8)],
-        [lbl for e in effects for lbl in (f"A: {e['forward']}", f"B: {e['reversed']}")],
-        fontsize=7,
-        rotation=15,
-    )
-    ax.set_ylabel(effects[0]["metric"] if effects else "quality")
-    ax.set_title("order effects: the same stages in both orders", fontsize=9)
-    fig.tight_layout()
-    return fig, effects
+    results = check(name, results_dir(name).parent)
+    failed = [c.text for c, holds in results if not holds]
+    assert not failed, f"claims that the records of {name} do not support: {failed}"
+    return [c.text for c, _ in results]
 
 
-def layer_heatmap_figures(path: str | Path) -> list[Any]:
-    """One heatmap per layer-sensitivity run under ``path``."""
+def layer_heatmap_figures(name: str) -> list[Any]:
+    """One heatmap per layer-sensitivity run of the study."""
     import matplotlib.pyplot as plt
 
     figs = []
-    for record, (layers, parts, matrix) in load.layer_sensitivity(path):
+    for record, (layers, parts, matrix) in load.layer_sensitivity(results_dir(name)):
         fig, ax = plt.subplots(figsize=(2.2 + 1.3 * len(parts), 1.2 + 0.28 * len(layers)))
         im = ax.imshow(matrix, aspect="auto", cmap="viridis")
         ax.set_xticks(range(len(parts)), parts)

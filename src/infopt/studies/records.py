@@ -31,27 +31,39 @@ RESULTS = REPO / "results"
 OUTPUTS = REPO / "outputs"
 
 
+# Seeds 1 and 2 beside the experiment's own seed 0: quality intervals over calibration / training samples.
+# Their speeds would repeat seed 0's (same shapes, same kernels), so they record sizes only.
+MORE_SEEDS = ("seed=1,2", "bench=static")
+
+
 @dataclass(frozen=True)
 class Study:
     name: str  # the experiment: conf/experiment/<name>.yaml
     question: str  # what the study answers, in one line
-    overrides: tuple[str, ...] = ()  # added to every job (the experiment file holds the rest)
+    # One multirun per entry, each with these extra overrides (the experiment file holds the rest);
+    # () is the experiment as a user runs it.
+    sweeps: tuple[tuple[str, ...], ...] = ((),)
 
 
 # The review's studies and the framework's own, in the order `regenerate all` runs them.
 STUDIES: dict[str, Study] = {
     s.name: s
     for s in (
-        Study("overview", "one default setting per family on the same model: which moves the quality/cost front?"),
-        Study("int8_effects", "per-tensor vs per-channel vs per-token scales, LLM.int8, SmoothQuant: quality and speed of 8 bits"),
+        Study("overview", "one default setting per family on the same model: which moves the quality/cost front?",
+              ((), ("technique=smoothquant_w8a8,quantize,prune,prune_mlp_channels,distill_quick", *MORE_SEEDS))),
+        Study("int8_effects", "per-tensor vs per-channel vs per-token scales, LLM.int8, SmoothQuant: quality and speed of 8 bits",
+              ((), ("technique=smoothquant_w8a8,smoothquant_w8a8_per_tensor", *MORE_SEEDS))),
         Study("llm_int8_hardware", "LLM.int8 vs plain int8 vs fp32 on this hardware"),
-        Study("quant_grid", "RTN vs GPTQ at 8/4/3 bits, per channel and groups of 64"),
-        Study("structured_pruning_tradeoff", "heads / MLP channels / layers removed, with and without recovery"),
-        Study("sparsity_speedup", "unstructured vs 2:4 vs structured at equal parameter fraction: measured vs predicted speed"),
-        Study("kd_student", "student depth/width x distillation loss at one token budget"),
-        Study("kd_ablation", "teacher quality x training-data diversity, over seeds"),
+        Study("quant_grid", "RTN vs GPTQ at 8/4/3 bits, per channel and groups of 64",
+              ((), ("technique.method=gptq", "seed=1,2"))),
+        Study("structured_pruning_tradeoff", "heads / MLP channels / layers removed, with and without recovery",
+              ((), MORE_SEEDS)),
+        Study("sparsity_speedup", "unstructured vs 2:4 vs structured at equal parameter fraction: measured vs predicted speed",
+              ((), MORE_SEEDS)),
+        Study("kd_student", "student depth/width x distillation loss at one token budget", ((), MORE_SEEDS)),
+        Study("kd_ablation", "teacher quality x training-data diversity, over seeds", ((), ("seed=1,2",))),
         Study("layer_sensitivity", "held-out loss change when one layer alone is quantized"),
-        Study("order_effects", "prune then quantize, or quantize then prune"),
+        Study("order_effects", "prune then quantize, or quantize then prune", ((), MORE_SEEDS)),
         Study("budget_search", "the best quantization settings under a size and latency budget (Optuna)"),
     )
 }
@@ -103,10 +115,11 @@ def regenerate(
     seeded = seed_sweep_dir(records, sweep)
     env = {**os.environ, "INFOPT_CACHE_DIR": os.environ.get("INFOPT_CACHE_DIR", str(outputs / "cache")),
            "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
-    command = [python, str(REPO / "run.py"), "-m", f"experiment={name}", f"hydra.sweep.dir={sweep}",
-               *study.overrides, *extra]  # fmt: skip
     t = time.perf_counter()
-    subprocess.run(command, cwd=REPO, env=env, check=True)
+    for overrides in study.sweeps:
+        command = [python, str(REPO / "run.py"), "-m", f"experiment={name}", f"hydra.sweep.dir={sweep}",
+                   *overrides, *extra]  # fmt: skip
+        subprocess.run(command, cwd=REPO, env=env, check=True)
     wall = time.perf_counter() - t
     copied = collect(sweep, records)
     print(f"infopt: study {name}: {len(copied)} record(s) written to {records} ({seeded} reused), {wall:.0f} s")

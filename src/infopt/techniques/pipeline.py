@@ -9,6 +9,7 @@ weights after a stage that left real low-bit kernels, is rejected when the confi
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import time
 from typing import TYPE_CHECKING
@@ -100,6 +101,8 @@ class Pipeline(Technique):
 
     def apply(self, model: nn.Module, ctx: RunContext) -> Applied:
         stages = self._stages()
+        if any(getattr(t, "needs_original_model", False) for _, _, t in stages):
+            ctx = dataclasses.replace(ctx, original=copy.deepcopy(model).eval())  # the model before stage 1
         out = Applied(model=model, stages=[])
         executions: list[str] = []
         previous, measurement = ctx.baseline, None

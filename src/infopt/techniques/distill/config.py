@@ -14,7 +14,8 @@ from infopt.config.schema import ModelConfig, TechniqueConfig
 from infopt.errors import ConfigError
 from infopt.training.config import TrainConfig
 
-STUDENT_INITS = ("from_teacher", "model")
+STUDENT_INITS = ("from_teacher", "model", "incoming")
+TEACHERS = ("incoming", "original")
 DATA_MODES = ("online", "cached", "sequence")
 HIDDEN_METRICS = ("mse", "cosine")
 LOSS_TERMS = ("ce", "forward_kl", "reverse_kl", "gjs", "skew_kl", "hidden")
@@ -24,7 +25,9 @@ LOSS_TERMS = ("ce", "forward_kl", "reverse_kl", "gjs", "skew_kl", "hidden")
 class StudentConfig:
     """Where the student comes from."""
 
-    init: str = "from_teacher"  # from_teacher (a subset of the teacher's layers, with their weights) | model
+    # from_teacher (a subset of the teacher's layers, with their weights) | model (technique.student.model) |
+    # incoming (the model this stage receives, trained in place: e.g. a pruned model distilled from the original)
+    init: str = "from_teacher"
     layer_stride: int = 2  # from_teacher: keep teacher layers 0, k, 2k, ... (DistilBERT keeps one in two)
     layers: Optional[list[int]] = None  # from_teacher: explicit teacher layer indices (overrides layer_stride)
     mlp_ratio: float = 1.0  # from_teacher: fraction of MLP units kept, the largest by weight norm
@@ -32,9 +35,12 @@ class StudentConfig:
     # init=model: the student's model config (same keys as the model group), e.g.
     # technique.student.model.source=local technique.student.model.name_or_path=DIR
     model: ModelConfig = field(default_factory=lambda: ModelConfig(name="student"))
+    keep_zeros: bool = True  # init=incoming: weights that are exactly zero stay zero (a pruned model keeps its masks)
 
     def validate(self, key: str = "technique.student") -> None:
         choice(f"{key}.init", self.init, STUDENT_INITS)
+        if self.init == "incoming":
+            return
         if self.init == "model":
             try:
                 self.model.validate()
@@ -102,6 +108,9 @@ class DistillDataConfig:
     mode: str = "online"  # online (teacher forward each step) | cached (top-k logits stored once) | sequence (teacher-generated text)
     top_k: int = 64  # cached: teacher logits kept per position (the rest is one bucket)
     train_docs: Optional[int] = None  # use only the first N training documents (data-diversity ablations)
+    # none | reviews: the training blocks half from the data group, half from embedded movie reviews
+    # (equal token shares, the same token budget): a data-diversity ablation
+    mix: str = "none"
     prompt_len: int = 32  # sequence: prompt tokens taken from each training block
     num_sequences: Optional[int] = None  # sequence: prompts (None = one per training block)
     sample: bool = True  # sequence: sample the continuation (false: greedy)
@@ -109,6 +118,7 @@ class DistillDataConfig:
 
     def validate(self, key: str = "technique.data") -> None:
         choice(f"{key}.mode", self.mode, DATA_MODES)
+        choice(f"{key}.mix", self.mix, ("none", "reviews"))
         in_range(f"{key}.top_k", self.top_k, 1, None)
         if self.train_docs is not None:
             positive(f"{key}.train_docs", self.train_docs)
@@ -121,6 +131,9 @@ class DistillDataConfig:
 @dataclass
 class DistillConfig(TechniqueConfig):
     name: str = "distill"
+    # incoming: the model this stage receives teaches | original: the run's model as loaded, before any
+    # pipeline stage changed it (prune, then recover by distilling from the unpruned model)
+    teacher: str = "incoming"
     student: StudentConfig = field(default_factory=StudentConfig)
     loss: LossConfig = field(default_factory=LossConfig)
     data: DistillDataConfig = field(default_factory=DistillDataConfig)
@@ -129,6 +142,12 @@ class DistillConfig(TechniqueConfig):
 
     def validate(self) -> None:
         super().validate()
+        choice("technique.teacher", self.teacher, TEACHERS)
+        if self.teacher == "incoming" and self.student.init == "incoming":
+            raise ConfigError(
+                "technique.student.init=incoming with technique.teacher=incoming would distil the model into itself; "
+                "set technique.teacher=original (inside a pipeline: the model before its first stage)"
+            )
         self.student.validate()
         self.loss.validate()
         self.data.validate()

@@ -163,10 +163,18 @@ class Distill(Technique):
 
     config: DistillConfig
     needs_data = True
-    # The teacher is only read: distillation never modifies the incoming model's weights, so it may
-    # follow a quantization stage. A from_teacher student needs the teacher's float tensors; a teacher
-    # on real low-bit kernels is rejected by build_from_teacher (use student.init=model then).
-    needs_float_weights = False
+
+    @property
+    def needs_float_weights(self) -> bool:  # type: ignore[override]
+        """Only a student trained in place (init=incoming) modifies the incoming weights. Otherwise the
+        teacher is only read, so distillation may follow a quantization stage (a from_teacher student
+        needs the teacher's float tensors: build_from_teacher rejects real low-bit kernels)."""
+        return self.config.student.init == "incoming"
+
+    @property
+    def needs_original_model(self) -> bool:
+        """The pipeline keeps a copy of the model as loaded for a teacher=original stage."""
+        return self.config.teacher == "original"
 
     def check(self, cfg: InfoptConfig) -> None:
         from infopt.techniques.pipeline import has_training_documents
@@ -188,8 +196,12 @@ class Distill(Technique):
 
     # --- pieces ---------------------------------------------------------------------------------
 
-    def _student(self, teacher: nn.Module, ctx: RunContext) -> tuple[nn.Module, list[int] | None]:
+    def _student(self, teacher: nn.Module, incoming: nn.Module, ctx: RunContext) -> tuple[nn.Module, list[int] | None]:
         s = self.config.student
+        if s.init == "incoming":
+            for p in incoming.parameters():
+                p.requires_grad_(True)
+            return incoming.train(), None
         if s.init == "from_teacher":
             from infopt.techniques.distill.student import build_from_teacher, chosen_layers
 
@@ -214,6 +226,17 @@ class Distill(Technique):
         return student.to(ctx.device)
 
     def _train_blocks(self, ctx: RunContext, seq_len: int) -> torch.Tensor:
+        blocks = self._own_blocks(ctx, seq_len)
+        if self.config.data.mix == "none":
+            return blocks
+        from infopt.data.blocks import contiguous_blocks, tokenize_stream
+        from infopt.data.corpus import EXTRA_SOURCES
+
+        other = contiguous_blocks(tokenize_stream(ctx.tokenizer, EXTRA_SOURCES[self.config.data.mix]()), seq_len)
+        n = min(len(blocks), len(other))  # equal token shares: as many blocks of each
+        return torch.cat([blocks[:n], other[:n]])
+
+    def _own_blocks(self, ctx: RunContext, seq_len: int) -> torch.Tensor:
         from infopt.data.blocks import contiguous_blocks, tokenize_stream
 
         n = self.config.data.train_docs
@@ -233,10 +256,10 @@ class Distill(Technique):
 
     def apply(self, model: nn.Module, ctx: RunContext) -> Applied:
         cfg = self.config
-        teacher = model.eval()
+        teacher = (ctx.original if cfg.teacher == "original" and ctx.original is not None else model).eval()
         seq_len = cfg.train.seq_len or ctx.cfg.data.seq_len
         L.seed_everything(cfg.train.seed, workers=True)
-        student, layers = self._student(teacher, ctx)
+        student, layers = self._student(teacher, model, ctx)
         vocab = len(ctx.tokenizer)
         widths = (_logit_width(teacher), _logit_width(student))
         if min(widths) < vocab:
@@ -249,7 +272,8 @@ class Distill(Technique):
         n_val = cfg.train.val_batches * cfg.train.batch_size
         data.metrics["teacher_val_loss"] = _mean_lm_loss(teacher, val_blocks[:n_val], cfg.train.batch_size, vocab)
         module = self._module(teacher, student, layers, data.extras is None, vocab)
-        trainer, stats, resumed = self._fit(module, data, val_blocks, ctx)
+        masks = self._kept_zeros(student)
+        trainer, stats, resumed = self._fit(module, data, val_blocks, ctx, masks)
         student = module.model
         if cfg.train.lora.enabled:
             from infopt.training.lora import merge_lora
@@ -259,6 +283,9 @@ class Distill(Technique):
         for p in student.parameters():
             p.requires_grad_(False)
         metrics = {**data.metrics, **self._train_metrics(teacher, student, trainer, stats, resumed, seq_len)}
+        if masks:  # the pruned student's zeros: how many are still zero after training (1.0: all kept)
+            kept = [(module.model.get_submodule(n).weight == 0)[~m].float().mean() for n, m in masks.items()]
+            metrics["kept_zero_fraction"] = float(torch.stack(kept).mean())
         artifacts = dict(data.artifacts)
         if cfg.save_student:
             from infopt.models.save import save_hf
@@ -314,8 +341,19 @@ class Distill(Technique):
         widths = (hidden_size(student.config), hidden_size(teacher.config))
         return DistillModule(student, teacher if needs_teacher else None, cfg, vocab, hidden_pairs, widths)
 
-    def _fit(self, module: DistillModule, data: TeacherData, val_blocks: torch.Tensor, ctx: RunContext):
+    def _kept_zeros(self, student: nn.Module) -> dict[str, torch.Tensor] | None:
+        """A student trained in place keeps its exact zeros (a pruned model's masks), unless told not to."""
+        s = self.config.student
+        if s.init != "incoming" or not s.keep_zeros:
+            return None
+        from infopt.training.masks import module_masks, zero_masks
+
+        return module_masks(student, zero_masks(student)) or None
+
+    def _fit(self, module: DistillModule, data: TeacherData, val_blocks: torch.Tensor, ctx: RunContext,
+             masks: dict[str, torch.Tensor] | None = None):  # fmt: skip
         from infopt.training.data import BlockDataModule, BlockDataset
+        from infopt.training.masks import MaskKeeper
         from infopt.training.trainer import build_trainer, fit
 
         train = self.config.train
@@ -324,8 +362,13 @@ class Distill(Technique):
             seed=train.seed, accumulate=train.accumulate,
         )  # fmt: skip
         stats = _StepStats()
-        trainer = build_trainer(ctx.cfg.hardware, train, ctx.output_dir, logger=ctx.logger.lightning_logger(), callbacks=[stats])
+        callbacks: list = [stats]
+        if masks:
+            callbacks.append(MaskKeeper(module.model, masks))
+        trainer = build_trainer(ctx.cfg.hardware, train, ctx.output_dir, logger=ctx.logger.lightning_logger(), callbacks=callbacks)
         resumed = fit(trainer, module, datamodule, ctx.output_dir, resume=train.resume)
+        if masks:
+            MaskKeeper(module.model, masks).apply()
         return trainer, stats, resumed
 
     def _train_metrics(self, teacher, student, trainer, stats: _StepStats, resumed, seq_len: int) -> dict[str, float]:

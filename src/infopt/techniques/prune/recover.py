@@ -1,8 +1,6 @@
 """Recovery fine-tuning after pruning, through the shared Lightning loop (``infopt.training``).
 
-Masks are kept exactly: gradients of pruned weights are zeroed before every optimizer step (so
-AdamW's moments never move them) and the masks are re-applied after every step (covering weight
-decay and anything else that might touch them). With LoRA the adapter's update B A is dense: the
+Masks are kept exactly (``training.masks.MaskKeeper``). With LoRA the adapter's update B A is dense: the
 masks are re-applied after merging, which discards the part of the update that lands on pruned
 weights (said in the run's notes).
 """
@@ -19,44 +17,13 @@ from torch import nn
 
 from infopt.config.schema import HardwareConfig
 from infopt.techniques.prune.config import RecoverConfig
-from infopt.techniques.prune.unstructured import to_module_layout
 from infopt.training.data import BlockDataModule, BlockDataset
 from infopt.training.lora import apply_lora, merge_lora
+from infopt.training.masks import MaskKeeper, module_masks
 from infopt.training.module import CausalLMModule
 from infopt.training.trainer import build_trainer, fit
 
 log = logging.getLogger(__name__)
-
-
-class MaskKeeper(L.Callback):
-    """Holds (module name -> keep-mask in the module's weight layout) and enforces it in training."""
-
-    def __init__(self, model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
-        self.masks = masks
-        self.model = model
-
-    def _pairs(self):
-        for name, mask in self.masks.items():
-            module = self.model.get_submodule(name)
-            yield module.weight, mask
-
-    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
-        for weight, mask in self._pairs():
-            if weight.grad is not None:
-                weight.grad.mul_(mask.to(weight.grad.device, weight.grad.dtype))
-
-    @torch.no_grad()
-    def apply(self) -> None:
-        for weight, mask in self._pairs():
-            weight.mul_(mask.to(weight.device, weight.dtype))
-
-    def on_train_batch_end(self, trainer, pl_module, *args) -> None:
-        self.apply()
-
-
-def module_masks(model: nn.Module, masks: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """(out, in) masks -> masks in each module's own weight layout (GPT-2's Conv1D is (in, out))."""
-    return {n: to_module_layout(model.get_submodule(n), m) for n, m in masks.items()}
 
 
 def recover(

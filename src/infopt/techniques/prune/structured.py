@@ -17,6 +17,8 @@ contribution to the block's output on calibration data, ||x_u W_u^T||^2 summed o
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from transformers.pytorch_utils import Conv1D
@@ -41,7 +43,9 @@ def units_removed(config, s: StructuredSettings) -> int:
     what = {"heads": "KV head groups per layer", "channels": "MLP channels per layer", "layers": "decoder layers"}[
         s.target
     ]
-    n = int(round(s.ratio * total)) if s.ratio is not None else int(s.count or 0)
+    # A ratio rounds half up to whole units (0.25 of 3 KV groups is 1 group, 33%; of 2 layers, 1); the
+    # record states the fraction actually removed.
+    n = math.floor(s.ratio * total + 0.5) if s.ratio is not None else int(s.count or 0)
     given = f"ratio={s.ratio}" if s.ratio is not None else f"count={s.count}"
     if n <= 0:
         raise ConfigError(f"{key}.{given} removes no unit of {total} {what}; raise it")

@@ -220,6 +220,7 @@ class Prune(Technique):
         c = self.config
         s = c.structured
         n_remove = S.units_removed(model.config, s)
+        metrics["fraction_removed"] = n_remove / surgery.unit_counts(model.config)[s.target]
         if s.target == "layers":
             bi = S.block_influence(model, self._calibration(ctx), c.calibration_batch_size)
             drop = sorted(torch_topk_smallest(bi, n_remove))

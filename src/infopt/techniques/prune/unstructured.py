@@ -190,10 +190,3 @@ def magnitude_masks(
 def mask_sparsity(masks: dict[str, torch.Tensor]) -> float:
     total = sum(m.numel() for m in masks.values())
     return 1 - sum(int(m.sum()) for m in masks.values()) / max(total, 1)
-
-
-def to_module_layout(module: nn.Module, mask: torch.Tensor) -> torch.Tensor:
-    """An (out, in) mask in the layout the module stores its weight ((in, out) for Conv1D)."""
-    from transformers.pytorch_utils import Conv1D
-
-    return (mask.t() if isinstance(module, Conv1D) else mask).contiguous()

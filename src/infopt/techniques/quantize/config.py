@@ -64,8 +64,9 @@ class QuantizeConfig(TechniqueConfig):
     gptq_block_size: int = 128  # GPTQ: columns updated together (lazy batch updates)
     gptq_act_order: bool = True  # GPTQ: quantize columns by decreasing Hessian diagonal
     # GPTQ with act-order and groups: fix each group's scale from its contiguous columns before the
-    # sweep, so the codes keep a contiguous column -> group map that GGUF / compressed-tensors store
-    gptq_static_groups: bool = False
+    # sweep (AutoGPTQ's static groups), so the codes keep a contiguous column -> group map that GGUF,
+    # compressed-tensors and the int4 kernels store; false: scales from the error-updated columns
+    gptq_static_groups: bool = True
     awq_grid: int = 20  # AWQ: points of the scale-exponent grid searched in [0, 1)
     awq_max_tokens: int = 4096  # AWQ: calibration tokens per layer used in the scale search
     smoothquant_alpha: float = (

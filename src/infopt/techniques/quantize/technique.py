@@ -215,8 +215,16 @@ def _layer_widths(cfg: InfoptConfig) -> dict[str, int] | None:
     from infopt.models.load import architecture_config
     from infopt.models.surgery import layer_input_widths, meta_model
 
-    config = architecture_config(cfg.model, Path(cfg.paths.cache_dir) if isinstance(cfg.paths.cache_dir, str) else None)
-    return None if config is None else layer_input_widths(meta_model(config))
+    cache_dir = Path(cfg.paths.cache_dir) if isinstance(cfg.paths.cache_dir, str) else None
+    # Cached per model config: a sweep's precheck asks once per combination, and a meta model takes seconds.
+    key = (repr(cfg.model), str(cache_dir))
+    if key not in _WIDTHS:
+        config = architecture_config(cfg.model, cache_dir)
+        _WIDTHS[key] = None if config is None else layer_input_widths(meta_model(config))
+    return _WIDTHS[key]
+
+
+_WIDTHS: dict[tuple[str, str], dict[str, int] | None] = {}
 
 
 # --- the technique ------------------------------------------------------------------------------------
