@@ -148,7 +148,7 @@ def test_a_stage_composes_to_the_same_config_as_its_technique_group(name, tmp_pa
 
     from infopt.techniques.pipeline_config import build_stage_config
 
-    via_group = validate_config(compose_config(["model=tiny_llama", f"technique={name}"], tmp_path)).technique
+    via_group = validate_config(compose_config(["model=smollm2_135m", f"technique={name}"], tmp_path)).technique
     via_stage = build_stage_config({"name": name}, "technique.stages[0]")
     assert dataclasses.asdict(via_group) == dataclasses.asdict(via_stage)
 

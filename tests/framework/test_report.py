@@ -59,19 +59,19 @@ def test_report_pareto_set_seed_aggregation_and_groups(tmp_path):
     assert by_name["p"]["n"] == 2 and by_name["p"]["quality"] == pytest.approx(24.0)
     assert by_name["p"]["quality_ci"] == pytest.approx(12.706 * 2.8284271 / 1.4142136, rel=1e-4)
     # Rows are named by what they did; two settings alike but for the machine get the run's name too.
-    assert by_name["q8"]["name"] == "quant (q8)" and by_name["q4"]["name"] == "quant4" and by_name["p"]["name"] == "prune"
+    assert by_name["q8"]["name"] == "quant (q8)" and by_name["q4"]["name"] == "quant4" and by_name["p"]["name"] == "prune 50%"
     # Hand computation, size (lower ppl better, lower MiB better), one eval group, all 6 settings:
     # base (100, 20), q8 (26, 20.5), q4 (14, 24), bad (50, 30), p (60, 24), other-hw (26, 20.5)
     # -> base (best ppl), q8 and other-hw (tie), q4 (smallest); bad is dominated by q8. p's two seeds
     # (22, 26) give a 95% interval of [-1.4, 49.4]: nothing beats it beyond that, so it stays on the front.
     size = next(v for k, v in report.pareto.items() if "stored size" in k)
-    assert sorted(size) == ["baseline", "prune", "quant (other-hw)", "quant (q8)", "quant4"]
+    assert sorted(size) == ["baseline", "prune 50%", "quant (other-hw)", "quant (q8)", "quant4"]
     # Latency is per hardware: CPU A holds base (10, 20), q8 (6, 20.5), q4 (7, 24), bad (8, 30), p (5, 24)
     # -> base, q8, p (fastest); q4 and bad are beaten by q8 (6 < 7 and 20.5 < 24; 6 < 8 and 20.5 < 30).
     latency = {k: v for k, v in report.pareto.items() if "decode latency" in k}
     assert len(latency) == 2, "two hardware groups: two latency plots, never one mixed plot"
     cpu_a = next(v for k, v in latency.items() if "CPU A" in k)
-    assert sorted(cpu_a) == ["baseline", "prune", "quant (q8)"]
+    assert sorted(cpu_a) == ["baseline", "prune 50%", "quant (q8)"]
     page = report.html.read_text()
     assert "never mixed in one plot" in page and page.count("class='plot'") == 3
     assert (report.html.parent / "plotly.min.js").is_file()  # the page works offline
@@ -103,7 +103,7 @@ def test_report_cli_exit_codes(tmp_path):
         cwd=REPO,
         env={"PYTHONPATH": str(REPO / "src"), "PATH": "/usr/bin:/bin"},
     )
-    assert r.returncode == 2 and "no results.json found" in r.stderr
+    assert r.returncode == 2 and "no readable results.json found" in r.stderr
 
 
 CHROMIUM = (

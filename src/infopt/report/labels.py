@@ -24,22 +24,22 @@ def _percent(x: Any) -> str:
 
 
 def _quantize(t: dict[str, Any]) -> list[str]:
-    method = t.get("method", "?")
-    bits = t.get("bits")
-    w8a8 = method in ("smoothquant", "llm_int8", "dynamic_int8")
-    out = [method.replace("_", " ")]
-    if w8a8:
-        out.append("w8a8" if method != "llm_int8" else "")
-        out.append(("per-token" if t.get("act_granularity") == "per_token" else "per-tensor") if method != "llm_int8" else "")
-        if method == "dynamic_int8" and t.get("dynamic_backend", "int_mm") != "int_mm":
-            out.append(t["dynamic_backend"].replace("_", " "))
+    method = t.get("method") or "quantize"
+    name = method.replace("_", " ")
+    if method == "llm_int8":
+        out = [name]
+    elif method in ("smoothquant", "dynamic_int8"):
+        act = "per-token" if t.get("act_granularity", "per_token") == "per_token" else "per-tensor"
+        backend = t.get("dynamic_backend", "int_mm")
+        out = [f"{name} w8a8 {act}" if backend == "int_mm" else f"{name} {backend.replace('_', ' ')}"]
     else:
-        out.append(f"w{bits if bits is not None else 4} {_group(t.get('group_size'))}")
-    if t.get("execution") == "simulated" and w8a8:
+        bits = t.get("bits") if t.get("bits") is not None else 4
+        out = [f"{name} w{bits} {_group(t.get('group_size'))}".strip()]
+    if t.get("execution") == "simulated":
         out.append("simulated")
     if t.get("ignore") == []:
         out.append("head too")
-    return [p for p in out if p]
+    return out
 
 
 def _prune(t: dict[str, Any]) -> list[str]:
@@ -48,9 +48,9 @@ def _prune(t: dict[str, Any]) -> list[str]:
         amount = _percent(s["ratio"]) if s.get("ratio") is not None else f"{s.get('count')}"
         out = [f"{s['target']} -{amount}"]
     elif t.get("nm"):
-        out = [f"{t.get('method')} {t['nm']}"]
+        out = [f"{t.get('method') or 'prune'} {t['nm']}"]
     else:
-        out = [f"{t.get('method')} {_percent(t.get('sparsity', 0.5))}"]
+        out = [f"{t.get('method') or 'prune'} {_percent(t.get('sparsity', 0.5))}"]
     if t.get("include"):
         out.append("mlp only" if t["include"] == ["mlp\\."] else f"only {','.join(t['include'])}")
     if (t.get("recover") or {}).get("enabled"):

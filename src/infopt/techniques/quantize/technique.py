@@ -234,8 +234,12 @@ class Quantize(Technique):
     """Weight (and activation) quantization; see ``QuantizeConfig`` for the methods and knobs."""
 
     needs_data = True
-    keeps_float_weights = False
     config: QuantizeConfig
+
+    @property
+    def keeps_float_weights(self) -> bool:  # type: ignore[override]
+        """Simulated quantization leaves rounded float weights a later stage may change; real kernels do not."""
+        return self.config.execution != "real"
 
     def check(self, cfg: InfoptConfig) -> None:
         c = self.config
