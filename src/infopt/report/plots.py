@@ -34,15 +34,22 @@ def _finite(x: Any) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
+def _error(p: dict[str, Any], key: str) -> list[list[float]] | None:
+    """Asymmetric error bar [[below], [above]] from the point's interval (None without one)."""
+    from infopt.report.analysis import bounds
+
+    b = bounds(p, key)
+    return None if b is None or b[0] == b[1] else [[p[key] - b[0]], [b[1] - p[key]]]
+
+
 def pareto_axes(
     ax, points: list[dict[str, Any]], cost: str, metric: str, higher_is_better: bool
 ) -> None:
-    """Draw runs (error bars = 95% CI over seeds), baselines (stars) and the Pareto front on ``ax``."""
+    """Draw runs (error bars: their 95% intervals), baselines (stars) and the Pareto front on ``ax``."""
     drawn = [p for p in points if _finite(p.get(cost)) and _finite(p.get("quality"))]
     several_models = len({p.get("model") for p in drawn}) > 1
     for p in drawn:
-        xerr = p.get(f"{cost}_ci") if _finite(p.get(f"{cost}_ci")) else None
-        yerr = p.get("quality_ci") if _finite(p.get("quality_ci")) else None
+        xerr, yerr = _error(p, cost), _error(p, "quality")
         if p.get("is_baseline"):
             edge = "tab:red" if p.get("pareto") else "black"
             ax.plot(
@@ -56,33 +63,10 @@ def pareto_axes(
                 linestyle="none",
                 zorder=4,
             )
-        elif p.get("pareto"):
-            ax.errorbar(
-                p[cost],
-                p["quality"],
-                xerr=xerr,
-                yerr=yerr,
-                fmt="o",
-                markersize=8,
-                color="tab:red",
-                ecolor="tab:red",
-                capsize=3,
-                zorder=3,
-            )
-        else:
-            ax.errorbar(
-                p[cost],
-                p["quality"],
-                xerr=xerr,
-                yerr=yerr,
-                fmt="o",
-                markersize=6,
-                color="tab:gray",
-                ecolor="tab:gray",
-                alpha=0.8,
-                capsize=3,
-                zorder=2,
-            )
+        else:  # Pareto-optimal in red, dominated in grey; error bars are the 95% intervals
+            style = {"markersize": 8, "color": "tab:red", "zorder": 3} if p.get("pareto") else {
+                "markersize": 6, "color": "tab:gray", "alpha": 0.8, "zorder": 2}  # fmt: skip
+            ax.errorbar(p[cost], p["quality"], xerr=xerr, yerr=yerr, fmt="o", ecolor=style["color"], capsize=3, **style)
         label = p.get("label") or p.get("name") or ""
         if several_models:
             label += f" [{p.get('model')}]"
