@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 
-.PHONY: install run test test-full bench bench-llamacpp report results docs notebooks lint format clean gpu-prepare gpu-check gpu-rehearse
+.PHONY: install run test test-full test-slurm slurm-up slurm-down bench bench-llamacpp report results docs notebooks lint format clean gpu-prepare gpu-check gpu-rehearse
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,10 +22,22 @@ run: $(STAMP)
 	$(PY) run.py $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow and not gpu" -q $(ARGS)
+	$(PY) -m pytest -m "not slow and not gpu and not slurm" -q $(ARGS)
 
 test-full: $(STAMP)
-	$(PY) -m pytest -q $(ARGS)
+	$(PY) -m pytest -m "not slurm" -q $(ARGS)
+
+# Sweeps on a real one-node SLURM cluster (about 5 minutes). Starting it needs root (apt-get
+# install slurm-wlm munge); where it cannot start, the tests skip and say why.
+test-slurm: $(STAMP)
+	-scripts/slurm_cluster.sh start
+	$(PY) -m pytest -m slurm -q $(ARGS)
+
+slurm-up:
+	scripts/slurm_cluster.sh start
+
+slurm-down:
+	scripts/slurm_cluster.sh stop
 
 bench: $(STAMP)
 	$(PY) benchmarks/framework.py $(ARGS)

@@ -64,9 +64,9 @@ def main() -> int:
 
     from infopt.bench.hardware import cpu_name
     from infopt.composition import compose
+    from infopt.composition.validate import to_object
     from infopt.models.load import architecture_config
     from infopt.models.surgery import unit_counts
-    from infopt.composition.validate import to_object
 
     total = unit_counts(architecture_config(to_object(compose([f"model={args.model}"])).model, None))["layers"]
     rows = []

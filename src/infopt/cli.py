@@ -7,6 +7,7 @@ composed and validated here, so a typo in a 20-job sweep fails in a second, not 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -51,30 +52,67 @@ def _job_info():
 
 
 def _task(cfg: DictConfig) -> float | None:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
     from infopt.console import flush_early_records, quiet_libraries
     from infopt.experiment import run_experiment
     from infopt.faults import at_job_start
+    from infopt.interrupt import Interrupted, clear_incomplete, signals_interrupt, write_incomplete
+    from infopt.secrets import redact_text
 
     quiet_libraries()
     flush_early_records()
     job = _job_info()
+    hc = HydraConfig.get()
+    output_dir = Path(hc.runtime.output_dir)
+    sweep_dir = Path(hc.sweep.dir) if hc.mode == RunMode.MULTIRUN else None
+    clear_incomplete(output_dir)  # a new attempt; rewritten below if this one does not complete either
     at_job_start(job.job_num)
-    try:
-        record = run_experiment(cfg, job)
-    except InfoptError as err:
-        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+    with signals_interrupt():
+        try:
+            record = run_experiment(cfg, job)
+        except InfoptError as err:
+            write_incomplete(output_dir, "failed", f"error: {redact_text(str(err))}", EXIT_USER_ERROR)
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            _fail(str(err))
+        except Interrupted as sig:
+            _interrupted(sig, output_dir, sweep_dir)
+        except SystemExit as exit_:  # Lightning's SIGTERMException (its own handler ran instead of ours)
+            from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+            if not isinstance(exit_, SIGTERMException):
+                raise
+            _interrupted(Interrupted(signal.SIGTERM), output_dir, sweep_dir)
+        except Exception as err:  # a bug or a library failure: Hydra prints the traceback
+            first = (str(err).strip().splitlines() or [""])[0]
+            write_incomplete(output_dir, "failed", redact_text(f"{type(err).__name__}: {first}"), 1)
             raise
-        _fail(str(err))
     # Hydra sweepers (Optuna) optimise the returned value.
     return record.get("objective")
+
+
+def _interrupted(sig, output_dir: Path, sweep_dir: Path | None) -> None:
+    """One line saying what stopped the run and how to resume it; exit status 128 + signal."""
+    from infopt.interrupt import resume_hint, write_incomplete
+    from infopt.secrets import redact_text
+
+    if getattr(sig, "record_written", False):
+        message = f"interrupted by {sig.name} ({sig.why}) after results.json was written: the record is complete"
+    else:
+        message = (
+            f"interrupted by {sig.name} ({sig.why}): no results.json written; {resume_hint(output_dir, sweep_dir)}"
+        )
+        write_incomplete(output_dir, "interrupted", message, sig.exit_code, signal=sig.name)
+    print(f"infopt: {redact_text(message)}", file=sys.stderr, flush=True)
+    sys.exit(sig.exit_code)
 
 
 def main() -> None:
     """`python run.py [overrides]`: the Hydra app."""
     if not CONF_DIR.is_dir():
-        _fail(
-            f"config directory {CONF_DIR} not found; run infopt from its repository (pip install -e .)"
-        )
+        _fail(f"config directory {CONF_DIR} not found; run infopt from its repository (pip install -e .)")
     from infopt.composition.precheck import precheck, runs_task
     from infopt.console import quiet_libraries
     from infopt.secrets import install_log_redaction

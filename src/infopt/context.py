@@ -34,6 +34,9 @@ class RunContext:
     # e.g. distill with teacher=original); None outside pipelines, where the incoming model is that model.
     original: nn.Module | None = None
     extras: dict[str, Any] = field(default_factory=dict)
+    # Checkpoints that this run's training stages resumed from (shared by pipeline stages' contexts):
+    # results.json says the run was resumed (run.resumed_from).
+    resumed_from: list[str] = field(default_factory=list)
 
     @classmethod
     def standalone(cls, overrides: list[str] | tuple[str, ...] = (), output_dir: Path | str | None = None,

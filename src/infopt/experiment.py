@@ -19,6 +19,7 @@ from omegaconf import DictConfig, OmegaConf
 from infopt.composition.validate import validate_config
 from infopt.config.schema import InfoptConfig
 from infopt.console import phase
+from infopt.interrupt import Interrupted
 from infopt.io import atomic_write_json, read_checked_json, write_checked_json
 from infopt.results import SCHEMA_VERSION, compute_ratios, environment, flatten, redact, stable_hash
 
@@ -66,8 +67,9 @@ class Measurer:
         self.cfg, self.tokenizer, self.data, self.cache_dir = cfg, tokenizer, data, cache_dir
         self.notes: list[str] = []
 
-    def __call__(self, model, generate_kwargs: dict[str, Any] | None = None,
-                 artifact: str | None = None) -> dict[str, dict[str, float]]:
+    def __call__(
+        self, model, generate_kwargs: dict[str, Any] | None = None, artifact: str | None = None
+    ) -> dict[str, dict[str, float]]:
         from infopt.bench.measure import measure
         from infopt.evaluation.runner import evaluate
 
@@ -80,12 +82,16 @@ class Measurer:
                 from infopt.bench.backends import measure_backend
 
                 # ``artifact``: the run's export (GGUF / directory) that the backend runs.
-                bench, notes, extra_eval = measure_backend(model, self.tokenizer, self.cfg, generate_kwargs or {},
-                                                           data=self.data, artifact=artifact)
+                bench, notes, extra_eval = measure_backend(
+                    model, self.tokenizer, self.cfg, generate_kwargs or {}, data=self.data, artifact=artifact
+                )
                 ev.update(extra_eval)
             else:
                 bench, notes = measure(
-                    model, self.cfg.bench, generate_kwargs, prompt_stream=self.data.heldout_stream,
+                    model,
+                    self.cfg.bench,
+                    generate_kwargs,
+                    prompt_stream=self.data.heldout_stream,
                     pad_token_id=self.tokenizer.pad_token_id,
                 )
             self.notes.extend(n for n in notes if n not in self.notes)
@@ -274,10 +280,9 @@ def summary_of(record: dict[str, Any]) -> dict[str, Any]:
 
 
 def publish(record: dict[str, Any], logger) -> None:
-    """results.json, the logger (same numbers and tables), and the terminal summary."""
+    """The logger (the record's numbers and tables) and the terminal summary."""
     from infopt.summary import print_summary, rows, stage_rows
 
-    atomic_write_json(Path(record["run"]["output_dir"]) / "results.json", record)
     logger.log_summary(summary_of(record))
     # The same table the terminal shows, and the pipeline's stages, so runs compare in W&B.
     logger.log_table("results", ["metric", "baseline", "result", "ratio"], [list(r) for r in rows(record)])
@@ -321,13 +326,15 @@ def run_experiment(cfg: DictConfig, job: JobInfo | None = None) -> dict[str, Any
             return done
     logger = make_run_logger(setup)
     exit_code = 1
+    record_written = False
     try:
         with phase(f"load {setup.obj.model.name}"):
             loaded = load(setup)
         with phase("baseline: eval + bench"):
             baseline, cached, key = measure_baseline(setup, loaded)
+        ctx = context(setup, loaded, logger, baseline)
         with phase(f"technique: {setup.obj.technique.name}") as step:
-            applied = setup.technique.apply(loaded.model, context(setup, loaded, logger, baseline))
+            applied = setup.technique.apply(loaded.model, ctx)
         technique_s = step.elapsed
         tokenizer = applied.tokenizer or loaded.tokenizer
         with phase("export"):
@@ -335,8 +342,15 @@ def run_experiment(cfg: DictConfig, job: JobInfo | None = None) -> dict[str, Any
         with phase("result: eval + bench"):
             result = measure_result(setup, loaded, applied, baseline, artifacts)
         record = build_record(setup, loaded, applied, baseline, cached, key, result, artifacts, technique_s)
+        record["run"]["resumed_from"] = ctx.resumed_from  # checkpoints training resumed from (empty: straight)
+        atomic_write_json(setup.output_dir / "results.json", record)
+        record_written = True
         publish(record, logger)
         exit_code = 0
         return record
+    except Interrupted as sig:
+        sig.record_written = record_written  # the CLI says whether the record is complete
+        exit_code = sig.exit_code  # W&B marks the run failed with the shell's status
+        raise
     finally:
         logger.finish(exit_code)

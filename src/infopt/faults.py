@@ -7,6 +7,11 @@ Set in the environment of a run (never in a config, so it cannot leak into a rec
 - ``INFOPT_FAULT_KILL_AT_JOB=K``: killed when multirun job number ``K`` starts.
 - ``INFOPT_FAULT_KILL_DELAY_S=S``: wait ``S`` seconds at that point before the kill (the process
   stays alive but does nothing, so what it logged before is ``S`` seconds old when it dies).
+- ``INFOPT_FAULT_SIGNAL=TERM`` (or INT, HUP, USR2): send that signal instead of SIGKILL, at a known
+  point, to test what the run does with it (``infopt.interrupt``).
+- ``INFOPT_FAULT_STEP_SLEEP_S=S``: sleep ``S`` seconds before every training step, so a test can
+  count on a run still training when a scheduler's time limit or ``scancel`` arrives (the numbers
+  do not change).
 
 A SIGKILL cannot be caught: nothing is flushed, no ``finally`` runs, exactly like the OOM killer
 or a pre-empted node. Unset, these hooks cost one environment lookup.
@@ -21,14 +26,17 @@ import sys
 STEP_ENV = "INFOPT_FAULT_KILL_AT_STEP"
 JOB_ENV = "INFOPT_FAULT_KILL_AT_JOB"
 DELAY_ENV = "INFOPT_FAULT_KILL_DELAY_S"
+SIGNAL_ENV = "INFOPT_FAULT_SIGNAL"
+SLEEP_ENV = "INFOPT_FAULT_STEP_SLEEP_S"
 
 
 def _kill(where: str) -> None:
     import time
 
     time.sleep(float(os.environ.get(DELAY_ENV, "0")))
-    print(f"infopt: fault injection: SIGKILL at {where}", file=sys.stderr, flush=True)
-    os.kill(os.getpid(), signal.SIGKILL)
+    sig = signal.Signals["SIG" + os.environ.get(SIGNAL_ENV, "KILL").upper().removeprefix("SIG")]
+    print(f"infopt: fault injection: {sig.name} at {where}", file=sys.stderr, flush=True)
+    os.kill(os.getpid(), sig)
 
 
 def at_job_start(job_num: int | None) -> None:
@@ -38,17 +46,18 @@ def at_job_start(job_num: int | None) -> None:
 
 
 def step_callback():
-    """A Lightning callback that kills at ``INFOPT_FAULT_KILL_AT_STEP``, or None when unset."""
-    want = os.environ.get(STEP_ENV)
-    if want is None:
+    """A Lightning callback for ``INFOPT_FAULT_KILL_AT_STEP`` / ``INFOPT_FAULT_STEP_SLEEP_S``, or None when unset."""
+    want, sleep_s = os.environ.get(STEP_ENV), float(os.environ.get(SLEEP_ENV, "0"))
+    if want is None and not sleep_s:
         return None
-    import lightning as L
+    import time
 
-    step = int(want)
+    import lightning as L
 
     class KillAtStep(L.Callback):
         def on_train_batch_start(self, trainer, *args) -> None:
-            if trainer.global_step == step:
-                _kill(f"training step {step}")
+            if want is not None and trainer.global_step == int(want):
+                _kill(f"training step {want}")
+            time.sleep(sleep_s)
 
     return KillAtStep()

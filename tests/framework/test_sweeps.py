@@ -189,32 +189,54 @@ def _compose_with_hydra(overrides: list[str]):
     return cfg, init
 
 
-def test_slurm_launcher_config_composes_and_instantiates(tmp_path):
+@pytest.mark.parametrize("launcher", ["slurm", "slurm_cpu"])
+def test_slurm_launcher_config_composes_and_instantiates(tmp_path, launcher):
     from hydra._internal.callbacks import Callbacks
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.plugins import Plugins
     from hydra.types import HydraContext
 
     cfg, init = _compose_with_hydra(
-        ["hydra/launcher=slurm", "model=tiny_llama", f"hydra.sweep.dir={tmp_path}"]
+        [f"hydra/launcher={launcher}", "model=tiny_llama", f"hydra.sweep.dir={tmp_path}"]
     )
     try:
-        assert cfg.hydra.launcher._target_.endswith("SlurmLauncher")
+        assert cfg.hydra.launcher._target_ == "hydra_plugins.infopt_slurm.InfoptSlurmLauncher"
         assert cfg.hydra.launcher.timeout_min == 240 and cfg.hydra.launcher.max_num_timeout == 0
+        # A CPU partition needs no GPU flag: slurm_cpu asks for none.
+        assert cfg.hydra.launcher.gpus_per_node == (0 if launcher == "slurm_cpu" else 1)
         ctx = HydraContext(
             config_loader=GlobalHydra.instance().config_loader(), callbacks=Callbacks()
         )
-        launcher = Plugins.instance().instantiate_launcher(
+        instance = Plugins.instance().instantiate_launcher(
             hydra_context=ctx, task_function=lambda c: None, config=cfg
         )
-        assert type(launcher).__name__ == "SlurmLauncher"
+        assert type(instance).__name__ == "InfoptSlurmLauncher"
         assert (
-            launcher.params["timeout_min"] == 240
-            and str(tmp_path) in launcher.params["submitit_folder"]
+            instance.params["timeout_min"] == 240
+            and str(tmp_path) in instance.params["submitit_folder"]
         )
     finally:
         init.__exit__(None, None, None)
         GlobalHydra.instance().clear()
+
+
+def test_slurm_job_states_are_read_from_scontrol_when_accounting_is_off():
+    """What submitit's poller sees on a cluster without sacct (tests/test_slurm.py runs the real one)."""
+    from infopt.studies.slurm import StateWatcher
+
+    watcher = StateWatcher(use_sacct=False)
+    watcher.register_job("41_0")
+    assert watcher._make_command() == ["scontrol", "-o", "show", "job"]
+    out = (
+        "JobId=42 ArrayJobId=41 ArrayTaskId=0 JobState=TIMEOUT NodeList=vm\n"
+        "JobId=41 ArrayJobId=41 ArrayTaskId=1-3%2 JobState=PENDING NodeList=(null)\n"
+        "JobId=45 JobName=x JobState=COMPLETED NodeList=vm\n"
+    )
+    info = watcher.read_info(out)
+    assert info["41_0"]["State"] == "TIMEOUT" and info["45"]["State"] == "COMPLETED"
+    assert [info[f"41_{i}"]["State"] for i in (1, 2, 3)] == ["PENDING"] * 3
+    watcher._info_dict.update(info)
+    assert watcher.is_done("41_0", mode="cache") and not watcher.is_done("41_2", mode="cache")
 
 
 def test_optuna_budget_search_composes(tmp_path):

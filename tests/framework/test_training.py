@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import signal
+
 import lightning as L
 import pytest
 import torch
@@ -49,46 +52,68 @@ class _StopAt(L.Callback):
             raise KeyboardInterrupt
 
 
-def test_interrupted_fit_resumes_to_the_same_weights(tokenizer, text_data, tmp_path):
+class _Seen(L.Callback):
+    """Records, per optimizer step, the first token of every sample the step trained on."""
+
+    def __init__(self) -> None:
+        self.batches: dict[int, list[int]] = {}
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        self.batches.setdefault(trainer.global_step, []).extend(batch["input_ids"][:, 0].tolist())
+
+
+class _WarnAt(L.Callback):
+    """Sends this process SIGUSR2 (SLURM's warning before a time limit) as step ``step`` starts."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def on_train_batch_start(self, trainer, *args) -> None:
+        if trainer.global_step == self.step:
+            os.kill(os.getpid(), signal.SIGUSR2)
+
+
+@pytest.mark.parametrize(
+    "arch, blocks, accumulate, warn_at, stop_after, resumed_at",
+    [
+        # GPT-2 has dropout (RNG state restored); 3 micro-batches an epoch, 2 per optimizer step
+        # (Lightning steps at the epoch's end); checkpoint of step 3 mid-epoch, validation at that step.
+        ("gpt2", 12, 2, None, 4, 3),
+        # 2 batches an epoch. SIGUSR2 during step 3: a checkpoint at its end (step 4, an epoch's end)
+        # besides the regular one of step 3, and training goes on; stopped after step 5.
+        ("llama", 8, 1, 3, 4, 4),
+    ],
+)
+def test_resume_is_bit_identical_across_epochs_accumulation_and_dropout(
+    tokenizer, text_data, tmp_path, arch, blocks, accumulate, warn_at, stop_after, resumed_at
+):
     from conftest import _tiny
+    from infopt.interrupt import signals_interrupt
 
-    cfg = TrainConfig(max_steps=8, lr=1e-3, warmup_steps=2, val_every=4, checkpoint_every=4)
-
-    L.seed_everything(0)
-    straight = _tiny(tokenizer, "llama")
-    fit(
-        build_trainer(CPU, cfg, tmp_path / "a"),
-        CausalLMModule(straight, cfg),
-        _datamodule(text_data),
-        tmp_path / "a",
-        resume=False,
+    cfg = TrainConfig(
+        max_steps=6, lr=1e-3, warmup_steps=2, val_every=3, val_batches=1, checkpoint_every=3, accumulate=accumulate
     )
 
-    L.seed_everything(0)
-    interrupted = _tiny(tokenizer, "llama")
-    trainer = build_trainer(CPU, cfg, tmp_path / "b", callbacks=[_StopAt(4)])
-    with pytest.raises(SystemExit):  # Lightning turns the interrupt into exit status 1
-        fit(
-            trainer,
-            CausalLMModule(interrupted, cfg),
-            _datamodule(text_data),
-            tmp_path / "b",
-            resume=False,
-        )
-    assert trainer.global_step == 5
-    assert (tmp_path / "b" / "checkpoints" / "last.ckpt").is_file()
+    def datamodule():
+        train = BlockDataset(text_data.train_blocks(16)[:blocks])
+        val = BlockDataset(text_data.heldout_blocks(16)[:4])
+        return BlockDataModule(train, val, batch_size=4, seed=0, accumulate=accumulate)
 
-    L.seed_everything(0)
-    resumed = _tiny(tokenizer, "llama")  # fresh process state: weights come from the checkpoint
-    resumed_from = fit(
-        build_trainer(CPU, cfg, tmp_path / "b"),
-        CausalLMModule(resumed, cfg),
-        _datamodule(text_data),
-        tmp_path / "b",
-        resume=True,
-    )
-    assert resumed_from is not None
-    for (name, a), b in zip(
-        straight.state_dict().items(), resumed.state_dict().values(), strict=True
-    ):
-        torch.testing.assert_close(a, b, msg=name)
+    def run(out, extra=(), resume=False):
+        L.seed_everything(0)
+        model = _tiny(tokenizer, arch)
+        seen = _Seen()
+        trainer = build_trainer(CPU, cfg, out, callbacks=[seen, *extra])
+        with signals_interrupt():  # as in a run: SIGUSR2 asks for a checkpoint
+            fit(trainer, CausalLMModule(model, cfg), datamodule(), out, resume=resume)
+        return model, seen.batches
+
+    straight, straight_seen = run(tmp_path / "a")
+    with pytest.raises(SystemExit):
+        run(tmp_path / "b", extra=[_StopAt(stop_after), *([_WarnAt(warn_at)] if warn_at else [])])
+    ckpt = torch.load(tmp_path / "b" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert ckpt["global_step"] == resumed_at
+    resumed, resumed_seen = run(tmp_path / "b", resume=True)
+    assert resumed_seen == {s: b for s, b in straight_seen.items() if s >= resumed_at}
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name

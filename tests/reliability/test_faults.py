@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from conftest import CACHE_DIR, REPO
 
@@ -40,7 +41,7 @@ def run(args: list[str], env: dict[str, str] | None = None, timeout: int = 300) 
         "WANDB_SILENT": "true",
         **(env or {}),
     }
-    for key in ("HYDRA_FULL_ERROR", "INFOPT_FAULT_KILL_AT_STEP", "INFOPT_FAULT_KILL_AT_JOB"):
+    for key in ("HYDRA_FULL_ERROR", "INFOPT_FAULT_KILL_AT_STEP", "INFOPT_FAULT_KILL_AT_JOB", "INFOPT_FAULT_SIGNAL"):
         if key not in (env or {}):
             full_env.pop(key, None)
     return subprocess.run(
@@ -85,12 +86,36 @@ def test_killed_training_resumes_to_the_same_metrics(training_runs):
     assert not killed["results_after_kill"], "a killed run must not leave a results.json"
     straight, resumed = _record(root / "straight"), _record(root / "killed")
     assert "resumed from last.ckpt" in resumed["technique"]["notes"]
+    assert resumed["run"]["resumed_from"] == [str(root / "killed" / "checkpoints" / "last.ckpt")]
+    assert straight["run"]["resumed_from"] == []
     assert resumed["technique"]["metrics"]["steps"] == 8
     # Bit-identical: same weights after step 8, so the same held-out perplexity and losses.
     assert resumed["result"]["eval"] == straight["result"]["eval"]
     assert resumed["technique"]["metrics"] == straight["technique"]["metrics"]
     # The checkpoint was written by rename: no temporary file is left behind.
     assert not list((root / "killed" / "checkpoints").glob(".*.tmp"))
+
+
+def test_sigterm_in_training_exits_143_with_no_record_and_says_how_to_resume(tmp_path):
+    """Lightning's own SIGTERM handler used to end the run with status 0 and no record (issue 18).
+
+    Resuming after SIGTERM is the same as after SIGKILL (the rerun above): both continue from the
+    step-3 checkpoint. tests/test_reliability_resume.py (slow) reruns real runs after outside signals.
+    """
+    run_dir = tmp_path / "terminated"
+    args = [*TRAIN, "logger=none", f"hydra.run.dir={run_dir}"]
+    killed = run(args, env={"INFOPT_FAULT_KILL_AT_STEP": str(KILL_STEP), "INFOPT_FAULT_SIGNAL": "TERM"})
+    assert killed.returncode == 128 + signal.SIGTERM, killed.stderr[-2000:]
+    lines = [line for line in killed.stderr.splitlines() if line.startswith("infopt: interrupted")]
+    assert lines == [
+        f"infopt: interrupted by SIGTERM (a scheduler's time limit or scancel, kill, or a CI timeout): no results.json "
+        f"written; to resume, rerun the same command with hydra.run.dir={run_dir} (training continues from "
+        "checkpoints/last.ckpt)"
+    ], killed.stderr[-2000:]
+    assert not (run_dir / "results.json").exists()
+    incomplete = json.loads((run_dir / "incomplete.json").read_text())
+    assert incomplete["status"] == "interrupted" and incomplete["exit_code"] == 143 and incomplete["signal"] == "SIGTERM"
+    assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
 
 
 def test_same_config_and_seed_give_the_same_metrics_in_two_processes(training_runs, tmp_path):

@@ -40,10 +40,7 @@ class ToyScale(Technique):
         n = 0
         with torch.no_grad():
             for module in model.modules():
-                if (
-                    type(module).__name__ in ("Linear", "Conv1D")
-                    and module is not model.get_output_embeddings()
-                ):
+                if type(module).__name__ in ("Linear", "Conv1D") and module is not model.get_output_embeddings():
                     module.weight.mul_(self.config.factor)
                     n += 1
         if self.config.half:
@@ -104,8 +101,8 @@ class ToyFinetune(Technique):
         import lightning as L
 
         from infopt.training.data import BlockDataModule, BlockDataset
-        from infopt.training.module import CausalLMModule
-        from infopt.training.trainer import build_trainer, fit
+        from infopt.training.module import CausalLMModule, mean_lm_loss
+        from infopt.training.trainer import build_trainer, fit, train_metrics
 
         t: TrainConfig = self.config.train
         L.seed_everything(t.seed, verbose=False)
@@ -115,12 +112,14 @@ class ToyFinetune(Technique):
         trainer = build_trainer(ctx.cfg.hardware, t, ctx.output_dir, logger=ctx.logger.lightning_logger())
         module = CausalLMModule(model, t)
         resumed = fit(trainer, module, dm, ctx.output_dir, resume=t.resume)
+        if resumed is not None:
+            ctx.resumed_from.append(str(resumed))
         model.eval()
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith(("train/loss", "val/"))}
+        metrics = {k: v for k, v in train_metrics(trainer).items() if k == "train/loss"}
+        metrics["val/loss"] = mean_lm_loss(model, val.blocks, t.batch_size)
         metrics["steps"] = float(trainer.global_step)
         notes = [f"resumed from {resumed.name}"] if resumed else []
         return Applied(model=model, execution="dense", metrics=metrics, notes=notes)
-
 
 
 TOYS = {

@@ -7,7 +7,7 @@ pointed at the GPU, as a GPU machine would see it; only the technique's ``check`
 from __future__ import annotations
 
 import pytest
-from infopt.config.validate import validate_config
+from infopt.composition.validate import validate_config
 
 from conftest import compose_config
 from infopt.errors import ConfigError

@@ -415,6 +415,47 @@ def test_recovery_keeps_masks_and_lowers_heldout_loss(tiny_llama, run_context, t
     assert heldout(model) < loss_pruned - (0.05 if lora else 0.3), (loss_pruned, heldout(model))
 
 
+def test_interrupted_recovery_resumes_bit_identically(tokenizer, text_data, tmp_path, monkeypatch):
+    """Recovery of a masked GPT-2 (dropout on): killed after the step-3 checkpoint, resumed across epochs."""
+    import lightning as L
+
+    from conftest import _tiny
+    from infopt.config.schema import HardwareConfig
+    from infopt.techniques.prune import recover as recover_mod
+    from infopt.techniques.prune.config import RecoverConfig
+
+    cfg = RecoverConfig(enabled=True, max_steps=8, lr=3e-3, warmup_steps=2, val_every=3, val_batches=1,
+                        checkpoint_every=3, seq_len=16, batch_size=4)  # fmt: skip
+    train, val = text_data.train_blocks(16)[:12], text_data.heldout_blocks(16)[:4]  # 3 batches an epoch
+
+    class StopAfter4(L.Callback):
+        def on_train_batch_end(self, trainer, *args) -> None:
+            if trainer.global_step > 4:
+                raise KeyboardInterrupt
+
+    def run(run_dir, stop=False):
+        model = _tiny(tokenizer, "gpt2").train()
+        masks = {n: _w(m).abs() > _w(m).abs().median() for n, m in _targets(model).items()}
+        real = recover_mod.build_trainer
+        if stop:
+            monkeypatch.setattr(recover_mod, "build_trainer", lambda *a, **k: real(*a, callbacks=[*k["callbacks"], StopAfter4()]))
+        resumed_from: list[str] = []
+        try:
+            model, metrics, _ = recover_mod.recover(model, masks, cfg, HardwareConfig(name="cpu"), train, val, run_dir, resumed_from)
+        finally:
+            monkeypatch.setattr(recover_mod, "build_trainer", real)
+        return model, metrics, resumed_from
+
+    straight, straight_metrics, _ = run(tmp_path / "a")
+    with pytest.raises(SystemExit):
+        run(tmp_path / "b", stop=True)
+    resumed, metrics, resumed_from = run(tmp_path / "b")
+    assert resumed_from == [str(tmp_path / "b" / "checkpoints" / "last.ckpt")] and metrics["recover_resumed"] == 1.0
+    assert metrics["recover_val_loss"] == straight_metrics["recover_val_loss"]
+    for (name, a), b in zip(straight.state_dict().items(), resumed.state_dict().values(), strict=True):
+        assert torch.equal(a, b), name
+
+
 def test_recovery_records_before_and_after_measurements(tiny_gpt2, run_context):
     from infopt.techniques.prune.config import RecoverConfig
 

@@ -4,7 +4,9 @@ A job is skipped when its output dir holds a complete ``results.json`` whose ``c
 this job's (the whole composed config except paths, logger and this switch). That needs a sweep
 dir that is the same on the rerun: pass ``hydra.sweep.dir=...`` (named experiments default to
 ``outputs/sweeps/<experiment>``). ``SweepSummary`` (a Hydra callback in conf/config.yaml) prints
-how many jobs ran and how many were skipped when the multirun ends.
+how many jobs ran and how many were skipped when the multirun ends. On SLURM a failed or
+interrupted job does not end the sweep early: ``infopt.studies.slurm.SlurmLauncher`` waits for every
+job and prints the same line with each failure's one-line reason.
 """
 
 from __future__ import annotations
@@ -47,6 +49,17 @@ def _stamps(sweep_dir: Path, name: str) -> dict[Path, int]:
     return {p: p.stat().st_mtime_ns for p in sweep_dir.rglob(name)} if sweep_dir.is_dir() else {}
 
 
+def snapshot(sweep_dir: Path) -> dict[str, dict[Path, int]]:
+    """The records and skip markers under ``sweep_dir`` now, to count what a sweep changed."""
+    return {name: _stamps(sweep_dir, name) for name in ("results.json", SKIP_MARKER)}
+
+
+def summary_line(sweep_dir: Path, before: dict[str, dict[Path, int]], failed: int = 0) -> str:
+    ran, skipped = count_jobs(sweep_dir, before)
+    line = f"infopt sweep {sweep_dir}: {ran} job(s) ran, {skipped} skipped (results.json already held the same config)"
+    return line + (f", {failed} failed or interrupted" if failed else "")
+
+
 def count_jobs(sweep_dir: Path, before: dict[str, dict[Path, int]]) -> tuple[int, int]:
     """(jobs that wrote results.json, jobs skipped) under ``sweep_dir`` since the ``before`` snapshot.
 
@@ -68,16 +81,10 @@ class SweepSummary(Callback):
         self.before: dict[str, dict[Path, int]] = {}
 
     def on_multirun_start(self, config, **kwargs: Any) -> None:
-        sweep_dir = Path(config.hydra.sweep.dir)
-        self.before = {name: _stamps(sweep_dir, name) for name in ("results.json", SKIP_MARKER)}
+        self.before = snapshot(Path(config.hydra.sweep.dir))
 
     def on_multirun_end(self, config, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        ran, skipped = count_jobs(sweep_dir, self.before)
-        message = (
-            f"infopt sweep {sweep_dir}: {ran} job(s) ran, {skipped} skipped "
-            "(results.json already held the same config)"
-        )
-        log.info(message)
+        log.info(summary_line(sweep_dir, self.before))

@@ -29,10 +29,13 @@ class BlockDataset(Dataset):
 
 
 class ResumableSampler(Sampler[int]):
-    """A fresh seeded permutation each epoch, starting ``skip`` samples in.
+    """A fresh seeded permutation each epoch; the first epoch after a resume starts ``skip`` samples in.
 
     The order is a function of (seed, epoch) alone, so a run resumed mid-epoch from a checkpoint
-    sees exactly the batches an uninterrupted run would have seen next.
+    sees exactly the batches an uninterrupted run would have seen next. ``len()`` is always the
+    full epoch: Lightning counts an epoch's batches from ``len(dataloader)`` and restores its own
+    position inside the epoch from the checkpoint, so a shortened length would end the resumed
+    epoch early and shift every later epoch (the drift issue 18 found).
     """
 
     def __init__(self, size: int, seed: int, epoch: int = 0, skip: int = 0) -> None:
@@ -46,7 +49,18 @@ class ResumableSampler(Sampler[int]):
         return iter(order[skip:])
 
     def __len__(self) -> int:
-        return self.size - self.skip
+        return self.size
+
+
+def resume_position(global_step: int, batches_per_epoch: int, accumulate: int) -> tuple[int, int]:
+    """(epoch, micro-batches already consumed in it) after ``global_step`` optimizer steps.
+
+    Lightning steps the optimizer at the end of an epoch even when fewer than ``accumulate``
+    micro-batches are pending, so an epoch holds ceil(batches / accumulate) steps.
+    """
+    steps_per_epoch = -(-batches_per_epoch // accumulate)
+    epoch, step_in_epoch = divmod(global_step, steps_per_epoch)
+    return epoch, step_in_epoch * accumulate
 
 
 class BlockDataModule(L.LightningDataModule):
@@ -65,17 +79,21 @@ class BlockDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         epoch, skip = 0, 0
         trainer = getattr(self, "trainer", None)
-        if (
-            trainer is not None and trainer.global_step > 0
-        ):  # resumed: continue where the checkpoint left off
-            batches_per_epoch = len(self.train) // self.batch_size
-            consumed = trainer.global_step * self.accumulate
-            epoch, skip = divmod(consumed, batches_per_epoch)
-            skip *= self.batch_size
-        sampler = ResumableSampler(len(self.train), self.seed, epoch, skip)
+        if trainer is not None and trainer.global_step > 0:  # resumed: continue where the checkpoint left off
+            epoch, skip = resume_position(trainer.global_step, len(self.train) // self.batch_size, self.accumulate)
+        sampler = ResumableSampler(len(self.train), self.seed, epoch, skip * self.batch_size)
         return DataLoader(
-            self.train, batch_size=self.batch_size, sampler=sampler, drop_last=True, num_workers=0
-        )
+            self.train, batch_size=self.batch_size, sampler=sampler, drop_last=True, num_workers=0,
+            generator=_own_generator(),
+        )  # fmt: skip
 
     def val_dataloader(self) -> DataLoader:
-        return DataLoader(self.val, batch_size=self.batch_size, shuffle=False, num_workers=0)
+        return DataLoader(
+            self.val, batch_size=self.batch_size, shuffle=False, num_workers=0, generator=_own_generator()
+        )
+
+
+def _own_generator() -> torch.Generator:
+    """Every DataLoader iterator draws a base seed; from its own generator it leaves the global RNG
+    (dropout's) alone, so a validation pass that a resumed run skips cannot shift later dropout masks."""
+    return torch.Generator().manual_seed(0)

@@ -40,6 +40,25 @@ def lm_loss(logits: torch.Tensor, input_ids: torch.Tensor) -> torch.Tensor:
     )
 
 
+@torch.no_grad()
+def mean_lm_loss(model: nn.Module, blocks: torch.Tensor, batch_size: int, vocab: int | None = None) -> float:
+    """Mean next-token cross-entropy of ``model`` over ``blocks`` (N, T), ``batch_size`` rows at a time.
+
+    A function of the weights alone: the final ``val_loss`` of a training stage is computed with it
+    after fit, so a run resumed from its last checkpoint (no validation left to run) reports the
+    same number as an uninterrupted one. ``vocab`` cuts padded logit columns.
+    """
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    values = []
+    for b in blocks.split(batch_size):
+        logits = model(input_ids=b.to(device)).logits
+        values.append(lm_loss(logits[..., :vocab] if vocab else logits, b.to(device)).item())
+    model.train(was_training)
+    return sum(values) / max(1, len(values))
+
+
 def lr_lambda(cfg: TrainConfig):
     def f(step: int) -> float:
         if step < cfg.warmup_steps:

@@ -27,7 +27,7 @@ from infopt.models.surgery import hidden_size, num_layers, parameter_count
 from infopt.techniques.base import Applied, Technique
 from infopt.techniques.distill import losses
 from infopt.techniques.distill.config import DistillConfig
-from infopt.training.module import CausalLMModule, Frozen
+from infopt.training.module import CausalLMModule, Frozen, mean_lm_loss
 
 if TYPE_CHECKING:
     from infopt.config.schema import InfoptConfig
@@ -270,7 +270,7 @@ class Distill(Technique):
         val_blocks = ctx.data.heldout_blocks(seq_len)
         # The teacher's loss on exactly the held-out blocks the student's val/loss is computed on.
         n_val = cfg.train.val_batches * cfg.train.batch_size
-        data.metrics["teacher_val_loss"] = _mean_lm_loss(teacher, val_blocks[:n_val], cfg.train.batch_size, vocab)
+        data.metrics["teacher_val_loss"] = mean_lm_loss(teacher, val_blocks[:n_val], cfg.train.batch_size, vocab)
         module = self._module(teacher, student, layers, data.extras is None, vocab)
         masks = self._kept_zeros(student)
         trainer, stats, resumed = self._fit(module, data, val_blocks, ctx, masks)
@@ -282,7 +282,10 @@ class Distill(Technique):
         student = student.eval()
         for p in student.parameters():
             p.requires_grad_(False)
-        metrics = {**data.metrics, **self._train_metrics(teacher, student, trainer, stats, resumed, seq_len)}
+        metrics = {
+            **data.metrics,
+            **self._train_metrics(teacher, student, trainer, stats, resumed, seq_len, val_blocks[:n_val], vocab),
+        }
         if masks:  # the pruned student's zeros: how many are still zero after training (1.0: all kept)
             kept = [(module.model.get_submodule(n).weight == 0)[~m].float().mean() for n, m in masks.items()]
             metrics["kept_zero_fraction"] = float(torch.stack(kept).mean())
@@ -305,7 +308,9 @@ class Distill(Technique):
         out = TeacherData(self._train_blocks(ctx, seq_len))
         t = time.perf_counter()
         if cfg.data.mode == "cached" and cfg.loss.needs_teacher_logits:
-            out.extras, path, hit = cache.topk_logits(teacher, out.blocks, cfg.data.top_k, ctx.cache_dir, cfg.data.gen_batch_size)
+            out.extras, path, hit = cache.topk_logits(
+                teacher, out.blocks, cfg.data.top_k, ctx.cache_dir, cfg.data.gen_batch_size
+            )
             out.artifacts["teacher_topk"] = str(path)
             out.notes.append(
                 f"cached mode: teacher top-{cfg.data.top_k} logits {'reused from' if hit else 'computed into'} {path.name}; "
@@ -319,7 +324,9 @@ class Distill(Technique):
                 batch_size=cfg.data.gen_batch_size, pad_token_id=ctx.tokenizer.pad_token_id,
             )  # fmt: skip
             out.artifacts["teacher_sequences"] = str(path)
-            out.notes.append(f"sequence mode: {out.blocks.shape[0]} teacher continuations of {cfg.data.prompt_len}-token prompts")
+            out.notes.append(
+                f"sequence mode: {out.blocks.shape[0]} teacher continuations of {cfg.data.prompt_len}-token prompts"
+            )
             out.metrics["cache_hit"] = float(hit)
         out.metrics["teacher_data_s"] = time.perf_counter() - t
         if out.blocks.shape[0] < cfg.train.batch_size:
@@ -365,15 +372,24 @@ class Distill(Technique):
         callbacks: list = [stats]
         if masks:
             callbacks.append(MaskKeeper(module.model, masks))
-        trainer = build_trainer(ctx.cfg.hardware, train, ctx.output_dir, logger=ctx.logger.lightning_logger(), callbacks=callbacks)
+        trainer = build_trainer(
+            ctx.cfg.hardware, train, ctx.output_dir, logger=ctx.logger.lightning_logger(), callbacks=callbacks
+        )
         resumed = fit(trainer, module, datamodule, ctx.output_dir, resume=train.resume)
         if masks:
             MaskKeeper(module.model, masks).apply()
+        if resumed is not None:
+            ctx.resumed_from.append(str(resumed))
         return trainer, stats, resumed
 
-    def _train_metrics(self, teacher, student, trainer, stats: _StepStats, resumed, seq_len: int) -> dict[str, float]:
+    def _train_metrics(self, teacher, student, trainer, stats: _StepStats, resumed, seq_len: int,
+                       val_blocks: torch.Tensor, vocab: int) -> dict[str, float]:  # fmt: skip
+        from infopt.training.trainer import train_metrics
+
         train = self.config.train
-        cm = {k: float(v) for k, v in trainer.callback_metrics.items() if torch.is_tensor(v) and v.numel() == 1}
+        # The last logged train/* values (restored with a checkpoint) and the final student's loss on
+        # the teacher_val_loss blocks: both the same whether or not the run was resumed.
+        cm = {**train_metrics(trainer), "val/loss": mean_lm_loss(student, val_blocks, train.batch_size, vocab)}
         devices = max(1, int(getattr(trainer, "world_size", 1)))
         # Under ddp_spawn the main process gets the weights and metrics back, not the loop counters.
         steps = trainer.global_step or (train.max_steps if trainer.state.finished else 0)
@@ -410,16 +426,6 @@ class Distill(Technique):
         # hidden_states[i + 1] is layer i's output; the student's last entry is after its final norm,
         # so its last layer is matched only when it maps to the teacher's last layer too.
         return [(j + 1, t + 1) for j, t in enumerate(mapping) if j < n_s - 1 or t == n_t - 1]
-
-
-@torch.no_grad()
-def _mean_lm_loss(model: nn.Module, blocks: torch.Tensor, batch_size: int, vocab: int) -> float:
-    device = next(model.parameters()).device
-    values = [
-        losses.cross_entropy(model(input_ids=b.to(device)).logits[..., :vocab], b.to(device)).item()
-        for b in blocks.split(batch_size)
-    ]
-    return sum(values) / max(1, len(values))
 
 
 def check_same_vocabulary(teacher_tok: Any, student_tok: Any) -> None:

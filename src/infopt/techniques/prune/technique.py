@@ -254,7 +254,7 @@ class Prune(Technique):
             raise ConfigError(
                 f"technique.recover: {train.shape[0]} training blocks of {seq_len} tokens, fewer than batch_size={c.recover.batch_size}"
             )
-        return recover(model, masks, c.recover, ctx.cfg.hardware, train, val, ctx.subdir("recover"))
+        return recover(model, masks, c.recover, ctx.cfg.hardware, train, val, ctx.subdir("recover"), ctx.resumed_from)
 
     @staticmethod
     def _to_sparse_kernels(model, masks, notes):
