@@ -7,9 +7,9 @@ pointed at the GPU, as a GPU machine would see it; only the technique's ``check`
 from __future__ import annotations
 
 import pytest
-from infopt.composition.validate import validate_config
 
 from conftest import compose_config
+from infopt.composition.validate import validate_config
 from infopt.errors import ConfigError
 from infopt.techniques.registry import build
 
