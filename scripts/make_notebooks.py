@@ -49,11 +49,12 @@ def main() -> int:
     import nbformat
     import nbformat.v4 as nbf
 
-    from infopt.studies.records import STUDIES
+    from infopt.studies.records import STUDIES, committed_studies
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--execute", action="store_true")
-    parser.add_argument("studies", nargs="*", default=list(STUDIES))
+    parser.add_argument("studies", nargs="*", default=committed_studies(),
+                        help="studies (default: every study with committed records)")
     args = parser.parse_args()
     for name in args.studies:
         nb = nbf.new_notebook(cells=cells(name, STUDIES[name].question))

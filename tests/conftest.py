@@ -20,6 +20,9 @@ REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
 CACHE_DIR = Path(os.environ.setdefault("INFOPT_CACHE_DIR", str(REPO / ".cache" / "infopt")))
 
+# Fixtures shared by one folder of tests (the real embedded model for tests/embedded).
+pytest_plugins = ["support.embedded"]
+
 QUICK = ["eval=quick", "bench=quick", "logger=none"]
 # The GPU suite's own rehearsal on CPU (scripts/gpu_check.sh --cpu): gpu tests run, on the CPU,
 # as far as a CPU can take each of them; the CUDA-only parts skip one by one.

@@ -13,29 +13,9 @@ import copy
 import pytest
 import torch
 
-from conftest import CACHE_DIR
+from support.embedded import heldout_ppl
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    from infopt.config.schema import DataConfig, ModelConfig
-    from infopt.data.text import TextData
-    from infopt.models.load import load_model, load_tokenizer, resolve
-
-    cfg = ModelConfig(name="smollm2_135m", source="embedded")
-    resolved = resolve(cfg)
-    tok = load_tokenizer(resolved.tokenizer, CACHE_DIR)
-    model = load_model(cfg, resolved, tok, CACHE_DIR)
-    data = TextData(DataConfig(name="lee_news", source="lee_news", seq_len=256, calibration_samples=16), tok)
-    return model, data
-
-
-def _ppl(model, data) -> float:
-    from infopt.evaluation.perplexity import token_perplexity
-
-    return token_perplexity(model, data.heldout_blocks(256)[:8], batch_size=4)
 
 
 def _prune(model, data, **kw):
@@ -53,11 +33,11 @@ def _prune(model, data, **kw):
 
 def test_orderings_at_half_sparsity(smollm2):
     model, data = smollm2
-    dense = _ppl(model, data)
+    dense = heldout_ppl(model, data)
     ppl = {
-        m: _ppl(_prune(model, data, method=m, sparsity=0.5).model, data) for m in ("magnitude", "wanda", "sparsegpt")
+        m: heldout_ppl(_prune(model, data, method=m, sparsity=0.5).model, data) for m in ("magnitude", "wanda", "sparsegpt")
     }
-    nm = _ppl(_prune(model, data, method="wanda", nm="2:4").model, data)
+    nm = heldout_ppl(_prune(model, data, method="wanda", nm="2:4").model, data)
     assert dense < ppl["wanda"] and dense < ppl["sparsegpt"]
     assert ppl["magnitude"] > 2 * max(ppl["wanda"], ppl["sparsegpt"]), ppl
     assert nm > ppl["wanda"], (nm, ppl)
@@ -74,4 +54,4 @@ def test_half_the_mlp_channels_reloads_smaller(smollm2, tmp_path):
     tokens = data.heldout_blocks(64)[:1]
     with torch.no_grad():
         assert torch.allclose(reloaded(input_ids=tokens).logits, pruned(input_ids=tokens).logits, atol=1e-5)
-    assert _ppl(reloaded, data) < 1e4  # a working (if degraded) model, not noise
+    assert heldout_ppl(reloaded, data) < 1e4  # a working (if degraded) model, not noise

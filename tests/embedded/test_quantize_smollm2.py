@@ -12,31 +12,9 @@ import pytest
 import torch
 
 from conftest import CACHE_DIR
+from support.embedded import heldout_ppl
 
 pytestmark = pytest.mark.slow
-
-
-@pytest.fixture(scope="module")
-def smollm2():
-    from infopt.config.schema import DataConfig, ModelConfig
-    from infopt.data.text import TextData
-    from infopt.models.load import load_model, load_tokenizer, resolve
-
-    cfg = ModelConfig(name="smollm2_135m", source="embedded")
-    resolved = resolve(cfg)
-    tok = load_tokenizer(resolved.tokenizer, CACHE_DIR)
-    model = load_model(cfg, resolved, tok, CACHE_DIR)
-    data = TextData(
-        DataConfig(name="lee_news", source="lee_news", seq_len=256, calibration_samples=16), tok
-    )
-    return model, data
-
-
-def _ppl(model, data) -> float:
-    from infopt.evaluation.perplexity import token_perplexity
-
-    with torch.no_grad():
-        return token_perplexity(model, data.heldout_blocks(256)[:8], batch_size=4)
 
 
 def _apply(model, data, tmp_path, **kw):
@@ -60,14 +38,14 @@ def _apply(model, data, tmp_path, **kw):
 
 def test_gptq_beats_rtn_at_4_bits(smollm2, tmp_path):
     model, data = smollm2
-    base = _ppl(model, data)
-    rtn = _ppl(_apply(model, data, tmp_path, method="rtn", bits=4, group_size=64), data)
-    gptq = _ppl(_apply(model, data, tmp_path, method="gptq", bits=4, group_size=64), data)
+    base = heldout_ppl(model, data)
+    rtn = heldout_ppl(_apply(model, data, tmp_path, method="rtn", bits=4, group_size=64), data)
+    gptq = heldout_ppl(_apply(model, data, tmp_path, method="gptq", bits=4, group_size=64), data)
     assert base < gptq < rtn, (base, gptq, rtn)
 
 
 def test_real_w8a8_close_to_float(smollm2, tmp_path):
     model, data = smollm2
-    base = _ppl(model, data)
-    sq = _ppl(_apply(model, data, tmp_path, method="smoothquant", execution="real"), data)
+    base = heldout_ppl(model, data)
+    sq = heldout_ppl(_apply(model, data, tmp_path, method="smoothquant", execution="real"), data)
     assert sq < 1.10 * base, (base, sq)

@@ -6,9 +6,10 @@ from __future__ import annotations
 import pytest
 
 from conftest import REPO
-from infopt.studies.records import STUDIES
+from infopt.studies.records import committed_studies
 
-NOTEBOOKS = {name: REPO / "notebooks" / f"{name}.ipynb" for name in STUDIES}
+# Studies without committed records have no notebook yet (docs/studies.md lists them as pending).
+NOTEBOOKS = {name: REPO / "notebooks" / f"{name}.ipynb" for name in committed_studies()}
 
 
 @pytest.mark.parametrize("name", list(NOTEBOOKS))

@@ -72,6 +72,11 @@ STUDIES: dict[str, Study] = {
 }
 
 
+def committed_studies(results: Path = RESULTS) -> list[str]:
+    """The registered studies that have at least one committed record, in registry order."""
+    return [name for name in STUDIES if any((results / name).rglob("results.json"))]
+
+
 def study_dirs(name: str, results: Path = RESULTS, outputs: Path = OUTPUTS) -> tuple[Path, Path]:
     """(committed records dir, sweep dir) of a study."""
     return results / name, outputs / "studies" / name
