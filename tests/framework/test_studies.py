@@ -190,3 +190,37 @@ REFUSED_STUDIES = {
     ("structured_pruning_tradeoff", "tiny_gpt2"): "target=heads on GPT-2",
     ("overview", "tiny_llama"): "keeps all 2 layers",  # the layer-subset draft of a 2-layer model
 }
+
+
+def test_regenerate_runs_the_chosen_sweeps_reuses_committed_records_and_collects_complete_ones(tmp_path):
+    """A stand-in for run.py writes one record per sweep; only complete ones become committed records."""
+    import json
+    import stat
+
+    from infopt.studies.records import STUDIES, regenerate
+
+    fake = tmp_path / "fake_python"
+    fake.write_text(
+        "#!/usr/bin/env python3\nimport json, sys, pathlib\n"
+        "sweep = pathlib.Path(next(a.split('=', 1)[1] for a in sys.argv if a.startswith('hydra.sweep.dir=')))\n"
+        "job = sweep / ('job%d' % len(list(sweep.glob('job*'))))\njob.mkdir(parents=True)\n"
+        "status = 'failed' if 'seed=1,2' in sys.argv else 'complete'\n"
+        "(job / 'results.json').write_text(json.dumps({'run': {'status': status}, 'argv': sys.argv[2:]}))\n"
+    )
+    fake.chmod(fake.stat().st_mode | stat.S_IEXEC)
+    results, outputs = tmp_path / "results", tmp_path / "outputs"
+    committed = results / "overview" / "old" / "results.json"
+    committed.parent.mkdir(parents=True)
+    committed.write_text(json.dumps({"run": {"status": "complete"}}))
+
+    stats = regenerate("overview", results=results, outputs=outputs, python=str(fake), sweeps=[1])
+    assert stats["records_reused"] == 1  # the committed record was put back into the sweep dir
+    written = sorted(p.parent.name for p in (results / "overview").rglob("results.json"))
+    assert written == ["job0", "old"]  # one sweep ran, and its record was collected beside the reused one
+    assert "experiment=overview" in json.loads((results / "overview" / "job0" / "results.json").read_text())["argv"]
+
+    regenerate("overview", results=results, outputs=outputs, python=str(fake), sweeps=[2])
+    assert len(list((results / "overview").rglob("results.json"))) == 2  # the failed seed sweep is not a record
+    assert len(STUDIES["overview"].sweeps) == 2
+    with pytest.raises(SystemExit, match="sweeps 1..2"):
+        regenerate("overview", results=results, outputs=outputs, python=str(fake), sweeps=[3])

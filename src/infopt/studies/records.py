@@ -113,18 +113,22 @@ def collect(sweep: Path, records: Path) -> list[Path]:
 
 def regenerate(
     name: str, extra: list[str] | tuple[str, ...] = (), results: Path = RESULTS, outputs: Path = OUTPUTS,
-    python: str = sys.executable,
+    python: str = sys.executable, sweeps: list[int] | None = None,
 ) -> dict[str, float]:  # fmt: skip
-    """Run one study's sweep (resuming from its committed records) and refresh the records."""
+    """Run one study's sweeps (all, or the 1-based ``sweeps``), resuming from its committed records,
+    and refresh the records."""
     study = STUDIES.get(name)
     if study is None:
         raise SystemExit(f"unknown study {name!r}; studies: {', '.join(STUDIES)}")
+    bad = [i for i in sweeps or [] if not 1 <= i <= len(study.sweeps)]
+    if bad:
+        raise SystemExit(f"study {name} has sweeps 1..{len(study.sweeps)}; got {bad}")
     records, sweep = study_dirs(name, results, outputs)
     seeded = seed_sweep_dir(records, sweep)
     env = {**os.environ, "INFOPT_CACHE_DIR": os.environ.get("INFOPT_CACHE_DIR", str(outputs / "cache")),
            "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false"}  # fmt: skip
     t = time.perf_counter()
-    for overrides in study.sweeps:
+    for overrides in [o for i, o in enumerate(study.sweeps, 1) if not sweeps or i in sweeps]:
         command = [python, str(REPO / "run.py"), "-m", f"experiment={name}", f"hydra.sweep.dir={sweep}",
                    *overrides, *extra]  # fmt: skip
         subprocess.run(command, cwd=REPO, env=env, check=True)
@@ -142,6 +146,9 @@ def main(argv: list[str] | None = None) -> int:
     regen = sub.add_parser("regenerate", help="run studies (resuming) and refresh their records under results/")
     regen.add_argument("studies", nargs="+", help=f"study names or 'all' ({', '.join(STUDIES)})")
     regen.add_argument("--override", action="append", default=[], help="an extra override for every job")
+    regen.add_argument("--sweep", action="append", type=int, default=[],
+                       help="run only this sweep of each study (1 = the experiment as configured, 2 = its extra "
+                            "seeds where it has them); repeatable; default all")  # fmt: skip
     args = parser.parse_args(argv)
     if args.command == "list":
         for s in STUDIES.values():
@@ -154,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"infopt: error: unknown study {', '.join(unknown)}; studies: {', '.join(STUDIES)}", file=sys.stderr)
         return 2
     for name in names:
-        regenerate(name, args.override)
+        regenerate(name, args.override, sweeps=args.sweep)
     return 0
 
 
