@@ -175,6 +175,10 @@ def precheck(argv: list[str], conf_dir: Path) -> str | None:
         return None
     from hydra import compose, initialize_config_dir
 
+    from infopt.composition.store import register_configs
+
+    register_configs()  # the schemas the group YAMLs extend (the CLI has done it; a library caller may not)
+
     _FIRST_COMPOSED.clear()
     try:
         combos = _expand(overrides)
