@@ -90,7 +90,7 @@ class Phase:
     def update(self, text: str) -> None:
         """Progress inside the phase (``gptq: block 3/30``): the spinner's text on a terminal."""
         if self._status is not None:
-            self._status.update(f"{self.name}: {escape(text)}")
+            self._status.update(literal(f"{self.name}: {text}"))
 
     @property
     def elapsed(self) -> float:
@@ -107,11 +107,13 @@ def progress(text: str) -> None:
         _current[-1].update(text)
 
 
-def escape(text: str) -> str:
-    """User text printed through rich: brackets are text, not markup."""
-    from rich.markup import escape as rich_escape
+def literal(text: Any, style: str = ""):
+    """User text for rich (names, paths, notes): a ``Text``, never parsed as markup, so ``[/abs/path]``
+    or ``[bold]`` print as typed. (``rich.markup.escape`` in an f-string is not enough: a trailing
+    backslash comes out doubled.)"""
+    from rich.text import Text
 
-    return rich_escape(str(text))
+    return Text(str(text), style=style)
 
 
 def console():
@@ -125,8 +127,8 @@ def phase(name: str) -> Iterator[Phase]:
     """``with phase("baseline"):`` shows a spinner on a terminal, then one line with the elapsed time."""
     quiet_libraries()  # libraries imported since the last phase may have installed console handlers
     term = console()
-    status = term.status(escape(name)) if term.is_terminal else None
-    current = Phase(escape(name), status)
+    status = term.status(literal(name)) if term.is_terminal else None
+    current = Phase(name, status)
     if status is not None:
         status.start()
     _current.append(current)
@@ -139,7 +141,7 @@ def phase(name: str) -> Iterator[Phase]:
         current.seconds = time.perf_counter() - current.t0
         if status is not None:
             status.stop()
-        mark = "[green]done[/]" if ok else "[red]failed[/]"
-        term.print(f"infopt: {escape(name)} {mark} ({current.elapsed:.1f} s)")
+        mark = literal("done", "green") if ok else literal("failed", "red")
+        term.print(literal(f"infopt: {name} ").append_text(mark).append(f" ({current.elapsed:.1f} s)"))
         log.info("%s %s (%.1f s)", name, "done" if ok else "failed", current.elapsed, extra={"file_only": True})
         sys.stderr.flush()

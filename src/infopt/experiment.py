@@ -20,7 +20,7 @@ from infopt.composition.validate import validate_config
 from infopt.config.schema import InfoptConfig
 from infopt.console import phase
 from infopt.interrupt import Interrupted
-from infopt.io import atomic_write_json, read_checked_json, write_checked_json
+from infopt.io import atomic_write_json, non_finite, read_checked_json, write_checked_json
 from infopt.results import SCHEMA_VERSION, compute_ratios, environment, flatten, redact, stable_hash
 
 log = logging.getLogger(__name__)
@@ -250,6 +250,9 @@ def build_record(setup: Setup, loaded: Loaded, applied, baseline, cached: bool, 
         "stages": applied.stages,
         "ratios": compute_ratios(baseline, result) if baseline else {},
     }  # fmt: skip
+    bad = non_finite({k: record[k] for k in ("baseline", "result", "ratios")} | {"technique.metrics": applied.metrics})
+    if bad:  # written as null (strict JSON); said once here rather than left for a reader to guess
+        record["technique"]["notes"].append(f"not a finite number (NaN or inf), written as null: {', '.join(bad)}")
     from infopt.studies.objective import objective_value
 
     # What a search (hydra/sweeper=optuna) optimises: a summary key, penalised over budget.

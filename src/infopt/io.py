@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -36,8 +37,32 @@ def atomic_write_text(path: Path | str, text: str) -> None:
         f.write(text)
 
 
+def non_finite(data: Any, prefix: str = "") -> list[str]:
+    """Keys (``result.eval.x``, ``a[0]``) of the NaN and +-inf floats in ``data``."""
+    if isinstance(data, float):
+        return [] if math.isfinite(data) else [prefix]
+    if isinstance(data, dict):
+        return [k for key, v in data.items() for k in non_finite(v, f"{prefix}.{key}" if prefix else str(key))]
+    if isinstance(data, (list, tuple)):
+        return [k for i, v in enumerate(data) for k in non_finite(v, f"{prefix}[{i}]")]
+    return []
+
+
+def strict(data: Any) -> Any:
+    """``data`` with NaN and +-inf as None: strict JSON (bare ``NaN`` is not JSON, and most readers
+    outside Python refuse it)."""
+    if isinstance(data, float):
+        return data if math.isfinite(data) else None
+    if isinstance(data, dict):
+        return {k: strict(v) for k, v in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [strict(v) for v in data]
+    return data
+
+
 def atomic_write_json(path: Path | str, data: Any) -> None:
-    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=False, default=str) + "\n")
+    text = json.dumps(strict(data), indent=2, sort_keys=False, default=str, allow_nan=False)
+    atomic_write_text(path, text + "\n")
 
 
 def read_json(path: Path | str) -> Any | None:
@@ -57,6 +82,7 @@ def _digest(data: Any) -> str:
 
 def write_checked_json(path: Path | str, data: dict[str, Any]) -> None:
     """A cache entry with the sha256 of its own content, written atomically."""
+    data = strict(data)  # the digest of what is written, so the entry reads back as intact
     atomic_write_json(path, {**data, CHECKSUM_KEY: _digest(data)})
 
 

@@ -97,30 +97,30 @@ def stage_rows(stages: list[dict[str, Any]]) -> tuple[list[str], list[list[Any]]
 
 
 def print_summary(record: dict[str, Any]) -> None:
-    """The summary table, stages and notes on stdout. Every piece of user text is escaped: a run
-    name or a path may hold brackets that rich would otherwise read as markup."""
+    """The summary table, stages and notes on stdout. Every piece of user text goes to rich as
+    ``Text`` (``literal``): a run name or a path may hold brackets that rich would read as markup."""
     from rich.console import Console
     from rich.table import Table
 
-    from infopt.console import escape
+    from infopt.console import literal
 
     tech = record.get("technique") or {}
     title = f"{record['run']['name']}  ({tech.get('name')}, execution={tech.get('execution')})"
-    table = Table(title=escape(title))
+    table = Table(title=literal(title))
     for col in ("metric", "baseline", "result", "ratio"):
         table.add_column(col, justify="left" if col == "metric" else "right")
     for r in rows(record):
-        table.add_row(*(escape(c) for c in r))
+        table.add_row(*(literal(c) for c in r))
     console = Console(highlight=False)
     console.print(table)
     if record.get("stages"):
         columns, stage_table = stage_rows(record["stages"])
         st = Table(title="pipeline stages (cumulative: vs baseline; stage: vs the previous stage)")
         for col in columns:
-            st.add_column(escape(col), justify="right")
+            st.add_column(literal(col), justify="right")
         for r in stage_table:
-            st.add_row(*(escape(_fmt(v)) for v in r))
+            st.add_row(*(literal(_fmt(v)) for v in r))
         console.print(st)
     for note in tech.get("notes", []):
-        console.print(f"note: {escape(note)}")
-    console.print(f"results: {escape(record['run']['output_dir'])}/results.json")
+        console.print(literal(f"note: {note}"))
+    console.print(literal(f"results: {record['run']['output_dir']}/results.json"))

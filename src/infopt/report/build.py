@@ -140,7 +140,8 @@ def _order_effects(page: _Page, raw: list[dict[str, Any]]) -> None:
 
 
 def _heatmaps(page: _Page, paths, figures: Path) -> None:
-    for j, (record, (layers, parts, matrix)) in enumerate(load.layer_sensitivity(list(paths))):
+    # warn=False: load.rows has already named every file it skipped
+    for j, (record, (layers, parts, matrix)) in enumerate(load.layer_sensitivity(list(paths), warn=False)):
         if not layers:
             continue
         t = f"layer sensitivity: {(record.get('run') or {}).get('name', '?')}"

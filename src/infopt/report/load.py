@@ -58,29 +58,73 @@ def find_results(paths: list[str | Path]) -> list[Path]:
     return sorted(found)
 
 
+_NUMBER = (int, float, type(None))
+_JSON_NAMES = {dict: "an object", list: "a list", str: "a string", int: "a number", float: "a number",
+               bool: "a boolean", type(None): "null"}  # fmt: skip
+# The parts of a record the report reads, and the types it reads them as (a missing key reads as
+# None, and "..." means a mapping whose every value has that type). A record that differs is skipped.
+SHAPE: dict[str, Any] = {
+    "run": dict, "run.name": (str, type(None)), "config": dict,
+    "config.model": (dict, type(None)), "config.model.name": (str, type(None)),
+    "config.technique": (dict, type(None)), "config.technique.name": (str, type(None)),
+    "config.eval": (dict, type(None)), "config.eval.tasks": (list, type(None)),
+    "config.data": (dict, type(None)), "config.bench": dict, "config.seed": _NUMBER,
+    "result": dict, "result.eval": dict, "result.eval...": _NUMBER, "result.bench": (dict, type(None)),
+    "result.bench...": _NUMBER, "baseline": (dict, type(None)), "baseline.eval": (dict, type(None)),
+    "baseline.eval...": _NUMBER, "baseline.bench": (dict, type(None)), "baseline.bench...": _NUMBER,
+    "ratios": (dict, type(None)), "ratios...": _NUMBER, "technique": (dict, type(None)),
+    "technique.name": (str, type(None)), "technique.metrics": (dict, type(None)), "baseline_key": (str, type(None)),
+    "environment": (dict, type(None)), "environment.hardware": (dict, type(None)), "stages": (list, type(None)),
+}  # fmt: skip
+
+
+def _shape_problem(record: dict[str, Any]) -> str | None:
+    def get(key: str) -> Any:
+        node: Any = record
+        for part in key.split("."):
+            node = node.get(part) if isinstance(node, dict) else None
+        return node
+
+    for key, types in SHAPE.items():
+        if key.endswith("..."):
+            values = (get(key[:-3]) or {}).items()
+            bad = next(((k, v) for k, v in values if not isinstance(v, types) or isinstance(v, bool)), None)
+            if bad is not None:
+                return f"{key[:-3]}.{bad[0]} is {bad[1]!r}, not a number"
+        elif not isinstance(get(key), types):
+            expected = " or ".join(_JSON_NAMES[t] for t in (types if isinstance(types, tuple) else (types,)))
+            return f"{key} is {_JSON_NAMES.get(type(get(key)), 'unknown')}, expected {expected}"
+    tasks = get("config.eval.tasks") or []
+    if not all(isinstance(t, str) for t in tasks):
+        return "config.eval.tasks is not a list of names"
+    return None
+
+
 def problem(record: Any) -> str | None:
     """Why a parsed results.json cannot be reported (None: it can)."""
     if not isinstance(record, dict):
         return "not a JSON object"
     if record.get("schema_version") != SCHEMA_VERSION:
         return f"schema_version {record.get('schema_version')!r}, this infopt reads {SCHEMA_VERSION}"
-    if (record.get("run") or {}).get("status") != "complete":
+    if not isinstance(record.get("run"), dict) or record["run"].get("status") != "complete":
         return "not a complete run"
     result = record.get("result")
     if not isinstance(result, dict) or not isinstance(result.get("eval"), dict) or not isinstance(result.get("bench", {}), dict):
         return "no result with eval and bench sections"
     if not isinstance(record.get("config"), dict):
         return "no config"
-    return None
+    return _shape_problem(record)
 
 
-def load_records(paths: list[str | Path]) -> list[dict[str, Any]]:
+def load_records(paths: list[str | Path], warn: bool = True) -> list[dict[str, Any]]:
+    """The reportable records under ``paths``; each one that is not is skipped with one warning."""
     records = []
     for path in find_results(paths):
         record = read_json(path)
         why = problem(record)
         if why is not None:
-            log.warning("report: %s skipped: %s", path, why)
+            if warn:
+                log.warning("report: %s skipped: %s", path, why)
             continue
         record["_path"] = str(path)
         records.append(record)
@@ -243,7 +287,7 @@ def dataframe(paths: list[str | Path] | str | Path, metric: str | None = None):
 
 
 def layer_sensitivity(
-    paths: list[str | Path] | str | Path,
+    paths: list[str | Path] | str | Path, warn: bool = True
 ) -> list[tuple[dict[str, Any], tuple[list[int], list[str], list[list[float]]]]]:
     """(record, (layers, parts, delta-loss matrix)) for every layer-sensitivity run under ``paths``."""
     from infopt.studies.layer_sensitivity import heatmap_matrix
@@ -251,7 +295,7 @@ def layer_sensitivity(
     if isinstance(paths, (str, Path)):
         paths = [paths]
     out = []
-    for record in load_records(list(paths)):
+    for record in load_records(list(paths), warn):
         if (record.get("technique") or {}).get("name") == "layer_sensitivity":
             out.append((record, heatmap_matrix(record["technique"].get("metrics") or {})))
     return out

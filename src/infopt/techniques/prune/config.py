@@ -86,7 +86,7 @@ class RecoverConfig(TrainConfig):
 class PruneConfig(TechniqueConfig):
     name: str = "prune"
     method: str = "wanda"  # magnitude | wanda (Sun et al. 2023) | sparsegpt (Frantar & Alistarh 2023)
-    sparsity: float = 0.5  # fraction of weights zeroed in each targeted layer, in [0, 1) (ignored with nm)
+    sparsity: float = 0.5  # fraction of weights zeroed in each targeted layer, in [0, 1) and at most (w-1)/w for the narrowest row w (ignored with nm)
     nm: Optional[str] = None  # semi-structured N:M, e.g. "2:4" (at most N non-zeros per M input weights)
     scope: str = "per_layer"  # per_layer | global (one threshold over all targeted layers; magnitude only)
     include: list[str] = field(

@@ -166,13 +166,20 @@ class Prune(Technique):
         if not layers:
             raise ConfigError(f"technique.include={list(c.include)} / ignore={list(c.ignore)} leave no layer to prune")
         nm = c.nm_pair
-        if nm is not None:
-            from infopt.models.surgery import get_weight
+        from infopt.models.surgery import get_weight
 
+        if nm is not None:
             bad = {n: get_weight(m).shape[1] for n, m in layers.items() if get_weight(m).shape[1] % nm[1]}
             if bad:
                 raise ConfigError(
                     f"technique.nm={c.nm}: input widths {sorted(set(bad.values()))} are not multiples of M={nm[1]}"
+                )
+        else:  # [0, 1) in the schema; the real bound is the narrowest row: keep one weight in it
+            width = min(get_weight(m).shape[1] for m in layers.values())
+            if U.pruned_per_row(width, c.sparsity) >= width:
+                raise ConfigError(
+                    f"technique.sparsity={c.sparsity} would zero whole rows of {width}-wide layers; at most "
+                    f"{(width - 1) / width:.4f} ({width - 1} of {width}) keeps one weight per row of this model"
                 )
         if c.method == "magnitude":
             masks = (

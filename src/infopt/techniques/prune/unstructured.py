@@ -29,6 +29,11 @@ from infopt.calibration.stats import inverse_hessian_cholesky, without_dead_inpu
 from infopt.models.surgery import get_weight, set_weight
 
 
+def pruned_per_row(width: int, sparsity: float) -> int:
+    """Weights pruned in a row of ``width`` (the technique refuses a sparsity that takes them all)."""
+    return int(round(width * sparsity))
+
+
 def mask_from_scores(scores: torch.Tensor, sparsity: float, nm: tuple[int, int] | None) -> torch.Tensor:
     """Keep-mask (out, in): the lowest scores of each row (or of each group of M in a row) pruned."""
     out_f, in_f = scores.shape
@@ -41,7 +46,7 @@ def mask_from_scores(scores: torch.Tensor, sparsity: float, nm: tuple[int, int] 
         drop = torch.topk(groups, m - n, dim=-1, largest=False).indices
         gmask = torch.ones_like(groups, dtype=torch.bool).scatter_(-1, drop, False)
         return gmask.reshape(out_f, in_f)
-    k = int(round(in_f * sparsity))  # per output row: every row has the same sparsity
+    k = pruned_per_row(in_f, sparsity)  # per output row: every row has the same sparsity
     if k == 0:
         return mask
     drop = torch.topk(scores, k, dim=1, largest=False).indices
