@@ -59,6 +59,8 @@ STUDIES: dict[str, Study] = {
         Study("architecture_paths", "attention kernels, fp8 KV cache, compiled decode, prompt lookup: latency, memory, same output"),
         Study("quant_grid", "RTN vs GPTQ at 8/4/3 bits, per channel and groups of 64",
               ((), ("technique.method=gptq", "seed=1,2"))),
+        Study("rotation", "does a Hadamard rotation before rounding bring RTN W4 closer to GPTQ?",
+              ((), ("technique.rotate=hadamard", "technique.rotate_seed=1,2"))),  # other draws of the signs
         Study("structured_pruning_tradeoff", "heads / MLP channels / layers removed, with and without recovery",
               ((), MORE_SEEDS)),
         Study("sparsity_speedup", "unstructured vs 2:4 vs structured at equal parameter fraction: measured vs predicted speed",

@@ -24,6 +24,8 @@ W8A8_METHODS = ("smoothquant", "llm_int8", "dynamic_int8")
 DYNAMIC_BACKENDS = ("int_mm", "torch_ao", "torchao_int8", "torchao_int8_weight", "torchao_int4")
 ACT_GRANULARITIES = ("per_token", "per_tensor")
 BITS_RANGE = (2, 8)
+# Orthogonal rotation of the residual stream folded into the weights before quantizing (QuaRot; rotate.py)
+ROTATIONS = ("none", "hadamard", "block_hadamard")
 
 
 @dataclass
@@ -76,6 +78,11 @@ class QuantizeConfig(TechniqueConfig):
     llm_int8_threshold: float = 6.0  # LLM.int8: input columns with |x| above this stay in float
     dynamic_backend: str = "int_mm"  # dynamic_int8 kernels: int_mm | torch_ao | torchao_int8 | torchao_int8_weight | torchao_int4
     export_packed: bool = True  # write packed weights + scales (safetensors) to <run>/quantized
+    # Rotate the residual stream before quantizing (QuaRot), norms fused, folded into the weights:
+    # none | hadamard (randomised Hadamard of the full width: Sylvester, or Paley x Sylvester as for
+    # SmolLM2's 576 = 36 x 16) | block_hadamard (block-diagonal, largest power-of-two blocks). Llama-family only.
+    rotate: str = "none"
+    rotate_seed: int = 0  # seed of the rotation's random signs
 
     def layer_settings(self, name: str) -> LayerOverride | None:
         """The override for module ``name`` (None: technique defaults); skip means leave in float."""
@@ -109,6 +116,7 @@ class QuantizeConfig(TechniqueConfig):
         choice("technique.execution", self.execution, EXECUTIONS)
         choice("technique.act_granularity", self.act_granularity, ACT_GRANULARITIES)
         choice("technique.dynamic_backend", self.dynamic_backend, DYNAMIC_BACKENDS)
+        choice("technique.rotate", self.rotate, ROTATIONS)
         if self.bits is not None:
             _bits("technique.bits", self.bits)
         _group("technique.group_size", self.group_size)

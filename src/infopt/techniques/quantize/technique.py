@@ -1,7 +1,9 @@
 """``technique=quantize``: the model under study, quantized; what it costs and what it saves.
 
 The methods live in their own modules (rtn, gptq, awq, smoothquant, llm_int8, dynamic); this class
-picks the layers, runs the method through the ``METHODS`` table, chooses the execution
+optionally rotates the residual stream first (``rotate.py``, QuaRot: folded into the weights, so
+every method and export sees a plain model), picks the layers, runs the method through the
+``METHODS`` table, chooses the execution
 (``simulated``: de-quantized floats, quality only; ``real``: packed weights / int8 kernels) and
 writes the packed model.
 """
@@ -286,6 +288,28 @@ class Quantize(Technique):
                     "technique.method=llm_int8 with hardware=gpu and execution=real needs bitsandbytes; pip install bitsandbytes (or use hardware=cpu)"
                 )
         self._check_group_sizes(cfg)
+        self._check_rotation(cfg)
+
+    def _check_rotation(self, cfg: InfoptConfig) -> None:
+        """Architecture and width against technique.rotate, from the config alone (no weights loaded)."""
+        c = self.config
+        if c.rotate == "none":
+            return
+        from infopt.models.load import architecture_config
+        from infopt.models.surgery import hidden_size
+        from infopt.techniques.quantize.rotate import check_rotatable, hadamard_factors
+
+        cache_dir = Path(cfg.paths.cache_dir) if isinstance(cfg.paths.cache_dir, str) else None
+        config = architecture_config(cfg.model, cache_dir)
+        if config is None:  # unknown offline: rotate_model checks the loaded model
+            return
+        check_rotatable(config)
+        width = hidden_size(config)
+        if c.rotate == "hadamard" and hadamard_factors(width) is None:
+            raise ConfigError(
+                f"technique.rotate=hadamard: no Hadamard matrix of order {width} (the model's width) is built here "
+                "(powers of two times a Paley order 12, 20, 28, 36, ...); use technique.rotate=block_hadamard"
+            )
 
     def _check_group_sizes(self, cfg: InfoptConfig) -> None:
         """Group sizes against the layer widths, from the config alone (no weights loaded)."""
@@ -304,15 +328,25 @@ class Quantize(Technique):
         from infopt.bench.measure import PeakMemory
 
         c = self.config
+        rotation: dict[str, float] = {}
+        rotation_notes: list[str] = []
+        if c.rotate != "none":  # before the targets: the quantizer sees a plain model, already rotated
+            from infopt.techniques.quantize.rotate import rotate_model
+
+            t_rot = time.perf_counter()
+            done = rotate_model(model, c.rotate, c.rotate_seed)
+            rotation = {"rotated": 1.0, "rotate_untied_head": float(done.untied),
+                        "rotate_wall_s": time.perf_counter() - t_rot}  # fmt: skip
+            rotation_notes.append(done.note())
         layers = self._targets(model)
         t0 = time.perf_counter()
         with torch.no_grad(), PeakMemory(ctx.device) as mem:
             out = METHODS[c.method](model, layers, c, ctx)
-        metrics: dict[str, float] = {"layers_quantized": float(len(layers)), **out.metrics}  # a method may count fewer
+        metrics: dict[str, float] = {"layers_quantized": float(len(layers)), **rotation, **out.metrics}  # a method may count fewer
         metrics["quantize_wall_s"] = time.perf_counter() - t0
         # Whole-process peak (model, calibration activations, Hessians) while the method ran.
         metrics["quantize_peak_memory_mb"] = mem.peak / 2**20
-        model, notes = out.model, list(out.notes)
+        model, notes = out.model, rotation_notes + list(out.notes)
         if ctx.device.type == "cuda" and c.execution == "real":
             notes.extend(cuda_int8_notes(model))
         if out.qweights is not None:  # weight-only methods: floats now hold the de-quantized weights
