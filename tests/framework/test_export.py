@@ -255,8 +255,11 @@ def test_cli_exports_a_run_dir_and_records_it(tiny_llama, tokenizer, tmp_path):
         (["technique.export=gguf", "technique.export_type=q4_k_m"], "technique.export_type=q4_k_m"),
         (["technique.export=gguf", "technique.export_float_type=q4_0"], "technique.export_float_type"),
         (
-            ["technique=quantize", "technique.method=gptq", "technique.group_size=32", "technique.export=gguf"],
-            "gptq_act_order=false",
+            # act-order with dynamic groups: the group scales follow the permuted columns, which GGUF
+            # blocks cannot hold (static groups, the default, can)
+            ["technique=quantize", "technique.method=gptq", "technique.group_size=32", "technique.export=gguf",
+             "technique.gptq_static_groups=false"],
+            "gptq_static_groups=true",
         ),
         (
             ["technique=quantize", "technique.method=rtn", "technique.group_size=16", "technique.export=gguf"],
