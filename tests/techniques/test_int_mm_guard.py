@@ -50,7 +50,7 @@ def test_the_recorder_rejects_what_cuda_rejects():
 @pytest.mark.parametrize(
     "rows,k,n,cuda,expected",
     [
-        (1, 64, 32, False, ("int_mm", 1)),  # the CPU kernel takes any shape
+        (1, 64, 32, False, ("int_mm", 1)),  # the CPU kernel takes any shape (with int8 dot products)
         (1, 64, 32, True, ("int_mm", 17)),
         (8, 64, 32, True, ("int_mm", 17)),
         (16, 64, 32, True, ("int_mm", 17)),
@@ -60,8 +60,40 @@ def test_the_recorder_rejects_what_cuda_rejects():
         (128, 64, 36, True, ("float", 128)),  # N not a multiple of 8
     ],
 )
-def test_plan(rows, k, n, cuda, expected):
+def test_plan(rows, k, n, cuda, expected, monkeypatch):
+    monkeypatch.setattr(M, "cpu_has_int8_dot", lambda: True)
     assert int_mm_plan(rows, k, n, cuda) == expected
+
+
+def test_a_cpu_without_int8_dot_products_multiplies_the_codes_in_float_and_says_so(monkeypatch, tiny_llama):
+    from infopt.techniques.quantize.config import QuantizeConfig
+    from infopt.techniques.quantize.core import find_layers
+    from infopt.techniques.quantize.technique import int8_kernel_notes, to_int8
+
+    monkeypatch.setattr(M, "cpu_has_int8_dot", lambda: False)
+    assert int_mm_plan(64, 64, 32, cuda=False) == ("float", 64)
+    assert int_mm_plan(64, 64, 32, cuda=True) == ("int_mm", 64)  # CUDA's rules do not depend on the CPU
+    calls = []
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: calls.append(a.shape) or CPU_INT_MM(a, b))
+    torch.manual_seed(3)
+    w, x = torch.randn(48, 64), torch.randn(20, 64)
+    real = Int8Linear(w, None, kernel="int_mm")
+    torch.testing.assert_close(real(x), Int8Linear(w, None, kernel="reference")(x), rtol=0, atol=0)
+    assert calls == []
+    to_int8(tiny_llama, list(find_layers(tiny_llama, QuantizeConfig(method="dynamic_int8"))), "per_token",
+            outliers=None, real=True)  # fmt: skip
+    assert "no int8 dot-product instructions" in " ".join(int8_kernel_notes(tiny_llama, "cpu"))
+    monkeypatch.setattr(M, "cpu_has_int8_dot", lambda: True)
+    assert int8_kernel_notes(tiny_llama, "cpu") == []
+
+
+def test_the_int8_dot_check_reads_the_cpu_flags():
+    from pathlib import Path
+
+    flags = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    M.cpu_has_int8_dot.cache_clear()
+    expected = any(f in flags.split() for f in M.INT8_DOT_FLAGS) if flags else True
+    assert M.cpu_has_int8_dot() == expected
 
 
 @pytest.mark.parametrize("rows", [1, 8, 16, 17, 40])
@@ -108,12 +140,12 @@ def test_w8a8_model_decodes_at_batch_1_and_8_within_cuda_limits(cuda_rules, tiny
     """The default technique's layers, decoding as the benchmark does: every matmul stays legal."""
     from infopt.techniques.quantize.config import QuantizeConfig
     from infopt.techniques.quantize.core import find_layers
-    from infopt.techniques.quantize.technique import cuda_int8_notes, to_int8
+    from infopt.techniques.quantize.technique import int8_kernel_notes, to_int8
 
     cfg = QuantizeConfig(method="dynamic_int8", execution="real")
     names = list(find_layers(tiny_llama, cfg))
     to_int8(tiny_llama, names, cfg.act_granularity, outliers=None, real=True)
-    assert cuda_int8_notes(tiny_llama)  # the padding is said in the run's notes
+    assert int8_kernel_notes(tiny_llama, "cuda")  # the padding is said in the run's notes
     for batch in (1, 8):
         prompts = torch.randint(0, 100, (batch, 5))
         out = tiny_llama.generate(

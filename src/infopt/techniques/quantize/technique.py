@@ -173,13 +173,21 @@ def to_packed(model: nn.Module, qweights: dict[str, QuantizedWeight], layers: La
     return model
 
 
-def cuda_int8_notes(model: nn.Module) -> list[str]:
-    """How this project's Int8Linear layers meet CUDA's int8 GEMM limits (none: no note)."""
-    from infopt.techniques.quantize.modules import CUDA_INT_MM_MIN_ROWS, Int8Linear
+def int8_kernel_notes(model: nn.Module, device_type: str) -> list[str]:
+    """How this project's Int8Linear layers run on this device's int8 GEMM (none: no note)."""
+    from infopt.techniques.quantize.modules import CUDA_INT_MM_MIN_ROWS, INT8_DOT_FLAGS, Int8Linear, cpu_has_int8_dot
 
     layers = [m for m in model.modules() if isinstance(m, Int8Linear) and m.kernel == "int_mm"]
     if not layers:
         return []
+    if device_type != "cuda":
+        if cpu_has_int8_dot():
+            return []
+        return [
+            f"this CPU has no int8 dot-product instructions ({', '.join(INT8_DOT_FLAGS)}), where torch._int_mm is "
+            "much slower than float32: the int8 layers multiply their int8 codes in float32 (same results, int8 "
+            "weights in memory, no int8 speedup)"
+        ]
     notes = [
         f"CUDA torch._int_mm needs more than 16 rows: matmuls of fewer rows (decode at batch 1 and 8) are "
         f"zero-padded to {CUDA_INT_MM_MIN_ROWS} rows (exact; the padded rows are computed and dropped)"
@@ -347,8 +355,8 @@ class Quantize(Technique):
         # Whole-process peak (model, calibration activations, Hessians) while the method ran.
         metrics["quantize_peak_memory_mb"] = mem.peak / 2**20
         model, notes = out.model, rotation_notes + list(out.notes)
-        if ctx.device.type == "cuda" and c.execution == "real":
-            notes.extend(cuda_int8_notes(model))
+        if c.execution == "real":
+            notes.extend(int8_kernel_notes(model, ctx.device.type))
         if out.qweights is not None:  # weight-only methods: floats now hold the de-quantized weights
             if c.execution == "real":
                 model = to_packed(model, out.qweights, layers)
