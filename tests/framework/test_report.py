@@ -150,3 +150,14 @@ def test_report_page_fits_a_1400px_window_and_draws_interactive_plots(tmp_path):
 
     colors = Image.open(shot).convert("L").getcolors(maxcolors=1 << 16)
     assert colors is None or len(colors) > 50, "the page rendered (almost) one colour"
+
+
+def test_rotated_runs_are_named_apart_from_plain_ones():
+    from infopt.report.labels import names
+
+    def record(method: str, rotate: str) -> dict:
+        return {"config": {"technique": {"name": "quantize", "method": method, "bits": 4, "group_size": -1,
+                                         "rotate": rotate, "execution": "simulated"}}}  # fmt: skip
+
+    runs = [record("rtn", "none"), record("rtn", "hadamard"), record("gptq", "block_hadamard")]
+    assert names(runs) == ["rtn w4 pc", "rtn w4 pc, hadamard", "gptq w4 pc, block hadamard"]

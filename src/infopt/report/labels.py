@@ -35,6 +35,8 @@ def _quantize(t: dict[str, Any]) -> list[str]:
     else:
         bits = t.get("bits") if t.get("bits") is not None else 4
         out = [f"{name} w{bits} {_group(t.get('group_size'))}".strip()]
+    if t.get("rotate", "none") != "none":
+        out.append(str(t["rotate"]).replace("_", " "))
     if t.get("execution") == "simulated":
         out.append("simulated")
     if t.get("ignore") == []:
