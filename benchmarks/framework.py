@@ -1,7 +1,7 @@
 """`make bench`: the framework's own turnaround, measured on this machine (a client of the public API).
 
-Prints a Markdown table (paste it into docs/benchmarks.md) and writes the same numbers to
-``outputs/bench/<time>.json``. Each figure is a median over ``--repeats`` runs measured in this
+Prints a Markdown table and writes the same numbers to ``outputs/bench/<time>.json`` (numbers reach
+the docs only as committed records rendered by ``python -m infopt.report --docs``). Each figure is a median over ``--repeats`` runs measured in this
 one process, so ratios compare like with like.
 
     python benchmarks/framework.py [--repeats 3] [--skip-runs]

@@ -97,3 +97,14 @@ def test_docs_quote_no_unrendered_number_tables():
         for table in re.findall(r"(?:^\|.*\|\n)+", outside, flags=re.M):
             if re.search(r"\d\.\d", table):
                 assert re.search(r"(?i)paper|published|quoted|arxiv|source", table), f"{path.name}: {table[:200]}"
+
+
+def test_every_claim_holds_on_the_committed_records():
+    """A conclusion the docs draw (report/claims.py) cannot outlive the numbers behind it."""
+    from infopt.report.claims import CLAIMS, check
+    from infopt.studies.records import committed_studies
+
+    committed = committed_studies()
+    assert {c.study for c in CLAIMS} <= set(committed), "a claim about a study without committed records"
+    failed = [c.text for name in committed for c, holds in check(name) if not holds]
+    assert not failed, failed
