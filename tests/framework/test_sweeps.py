@@ -136,11 +136,12 @@ def test_report_on_the_sweep(grid, tmp_path):
         tmp_path / "report" / "report.md"
     ).is_file()
     # Hand computation from the four records: lower token perplexity and fewer MiB are better.
-    recs = [json.loads(p.read_text()) for p in sweep.glob("*/results.json")]
+    from infopt.report.labels import names
+
+    recs = [json.loads(p.read_text()) for p in sorted(sweep.glob("*/results.json"))]
     metric = report.rows[0]["metric"]
-    pts = {
-        r["run"]["name"]: (r["result"]["bench"]["stored_mb"], r["result"]["eval"][metric])
-        for r in recs
+    pts = {  # rows are named by what differs between the runs
+        name: (r["result"]["bench"]["stored_mb"], r["result"]["eval"][metric]) for name, r in zip(names(recs), recs, strict=True)
     }
     expected = []
     for name, (c, q) in pts.items():
@@ -152,7 +153,9 @@ def test_report_on_the_sweep(grid, tmp_path):
         if not beaten:
             expected.append(name)
     size = next(v for k, v in report.pareto.items() if "stored size" in k)
-    assert sorted(size) == sorted(expected)
+    # The report drops a point from the front only when it is dominated beyond both intervals, so its
+    # front holds every point-estimate front member, and only names of runs in the sweep.
+    assert set(expected) <= set(size) <= set(pts)
     # toy_scale casts to bfloat16: the smallest run (half the bytes) is always on the size front.
     smallest = min(pts, key=lambda n: pts[n][0])
     assert "toy_scale" in smallest and smallest in size
