@@ -77,7 +77,7 @@ def _same_numbers(resumed: dict, straight: dict) -> None:
 
 
 def test_sweep_writes_every_record_and_wandb_run_and_a_rerun_skips_them(tmp_path):
-    from infopt.wandb_offline import read_run
+    from support.wandb_offline import read_run
 
     sweep_dir = tmp_path / "sweep"
     args = ["model=tiny_llama", "technique=baseline,quantize", "eval=quick", "bench=quick", "logger=wandb"]
