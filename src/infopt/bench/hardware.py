@@ -15,14 +15,21 @@ import torch
 from infopt.bench.timing import repeat
 
 
-def cpu_name() -> str:
+def cpuinfo_field(*names: str) -> str | None:
+    """The first /proc/cpuinfo line's value whose key is one of ``names`` (None where unreadable)."""
     try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                key, _, value = line.partition(":")
+                if key.strip() in names:
+                    return value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    return None
+
+
+def cpu_name() -> str:
+    return cpuinfo_field("model name") or platform.processor() or platform.machine()
 
 
 def device_description(device: torch.device) -> dict[str, str | int | float]:

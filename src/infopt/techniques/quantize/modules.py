@@ -46,12 +46,10 @@ INT8_DOT_FLAGS = ("avx512_vnni", "avx_vnni", "amx_int8", "asimddp", "i8mm")
 @lru_cache(maxsize=1)
 def cpu_has_int8_dot() -> bool:
     """Whether /proc/cpuinfo lists an int8 dot-product extension (True where it cannot be read)."""
-    try:
-        with open("/proc/cpuinfo") as f:
-            flags = {w for line in f if line.startswith(("flags", "Features")) for w in line.split(":", 1)[1].split()}
-    except OSError:
-        return True
-    return bool(flags.intersection(INT8_DOT_FLAGS))
+    from infopt.bench.hardware import cpuinfo_field
+
+    flags = cpuinfo_field("flags", "Features")  # x86, Arm
+    return flags is None or bool(set(flags.split()).intersection(INT8_DOT_FLAGS))
 
 
 def follows_cuda_rules(t: torch.Tensor) -> bool:

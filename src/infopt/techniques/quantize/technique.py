@@ -330,22 +330,24 @@ class Quantize(Technique):
 
             check_group_sizes(widths, c)
 
+    def _rotate(self, model: nn.Module) -> tuple[dict[str, float], list[str]]:
+        """technique.rotate folded into the weights (metrics, notes); nothing when it is ``none``."""
+        c = self.config
+        if c.rotate == "none":
+            return {}, []
+        from infopt.bench.timing import timed
+        from infopt.techniques.quantize.rotate import rotate_model
+
+        done, seconds = timed(lambda: rotate_model(model, c.rotate, c.rotate_seed))
+        return {"rotated": 1.0, "rotate_untied_head": float(done.untied), "rotate_wall_s": seconds}, [done.note()]
+
     def apply(self, model: nn.Module, ctx: RunContext) -> Applied:
         import torch
 
         from infopt.bench.measure import PeakMemory
 
         c = self.config
-        rotation: dict[str, float] = {}
-        rotation_notes: list[str] = []
-        if c.rotate != "none":  # before the targets: the quantizer sees a plain model, already rotated
-            from infopt.techniques.quantize.rotate import rotate_model
-
-            t_rot = time.perf_counter()
-            done = rotate_model(model, c.rotate, c.rotate_seed)
-            rotation = {"rotated": 1.0, "rotate_untied_head": float(done.untied),
-                        "rotate_wall_s": time.perf_counter() - t_rot}  # fmt: skip
-            rotation_notes.append(done.note())
+        rotation, rotation_notes = self._rotate(model)  # before the targets: the quantizer sees a plain model
         layers = self._targets(model)
         t0 = time.perf_counter()
         with torch.no_grad(), PeakMemory(ctx.device) as mem:
