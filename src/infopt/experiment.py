@@ -319,14 +319,26 @@ def context(setup: Setup, loaded: Loaded, logger, baseline) -> Any:
 
 
 def run_experiment(cfg: DictConfig, job: JobInfo | None = None) -> dict[str, Any]:
+    from infopt.studies.joblock import job_lock
+
     with phase("check config"):
         setup = prepare(cfg, job or JobInfo())
-    if setup.obj.skip_completed:
-        from infopt.studies.sweep import completed_record
+    # One process per job dir: the same job started alongside (a second copy of a sweep) waits here.
+    with job_lock(setup.output_dir) as waited:
+        if setup.obj.skip_completed:
+            from infopt.studies.sweep import completed_record
 
-        done = completed_record(setup.output_dir, setup.config_hash)
-        if done is not None:  # a rerun sweep: this job already finished with this exact config
-            return done
+            done = completed_record(setup.output_dir, setup.config_hash)
+            if done is not None:  # a rerun sweep, or the process waited for: this exact config finished
+                return done
+        if waited:
+            log.info("%s: the other process left no complete record of this config; running this job",
+                     setup.output_dir)  # fmt: skip
+        return run_job(setup)
+
+
+def run_job(setup: Setup) -> dict[str, Any]:
+    """Load, baseline, technique, export, result, record, publish: the job itself, its dir locked."""
     logger = make_run_logger(setup)
     exit_code = 1
     record_written = False

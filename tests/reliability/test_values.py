@@ -119,6 +119,99 @@ def test_nan_sparsity_on_the_command_line_exits_2_with_one_line_before_the_model
     assert not (tmp_path / "run").exists(), "nothing is created before validation passes"
 
 
+# ---- sizes bounded by the model's context and the corpus ------------------------------------------
+
+TINY_CONTEXT = "the context of model tiny_llama: 512 tokens (model.tiny.max_positions)"
+
+
+@pytest.mark.parametrize(
+    "argv,message",
+    [
+        (["bench.prompt_tokens=100000"],
+         f"bench.prompt_tokens=100000 plus bench.new_tokens=32 (100032 tokens) do not fit {TINY_CONTEXT}; "
+         "use bench.prompt_tokens<=480; or raise model.tiny.max_positions"),
+        (["data.seq_len=100000"],
+         f"data.seq_len=100000 is longer than {TINY_CONTEXT}; use data.seq_len<=512; or raise model.tiny.max_positions"),
+        (["bench.new_tokens=600"], f"bench.prompt_tokens=128 plus bench.new_tokens=600 (728 tokens) do not fit {TINY_CONTEXT}; "
+         "keep bench.prompt_tokens + bench.new_tokens <= 512; or raise model.tiny.max_positions"),
+        (["eval.token_perplexity_window=1024"], "eval.token_perplexity_window=1024 is longer than"),
+        (["eval.max_length=4096"], "eval.max_length=4096 is longer than"),
+        (["technique=prune_recover_quantize", "technique.stages.1.train.seq_len=1024"],
+         "technique.stages[1].train.seq_len=1024 is longer than"),
+        (["technique=quantize", "technique.calibration_seq_len=600"], "technique.calibration_seq_len=600 is longer than"),
+        (["technique=kv_cache", "technique.agreement_prompt_tokens=500"],
+         "technique.agreement_prompt_tokens=500 plus technique.agreement_new_tokens=32 (532 tokens) do not fit"),
+        (["technique=speculative", "technique.prompt_lookup=3", "technique.prompt_tokens=500"],
+         "technique.prompt_tokens=500 plus technique.new_tokens=64 (564 tokens) do not fit"),
+        (["model=smollm2_135m", "data.seq_len=8193"],
+         "data.seq_len=8193 is longer than the context of model smollm2_135m: 8192 tokens (max_position_embeddings of "
+         "SmolLM2-135M); use data.seq_len<=8192; or use a model with a longer context"),
+        # at the limit, or with the limit raised, nothing is refused
+        (["data.seq_len=512", "bench.prompt_tokens=480", "eval.token_perplexity_window=512"], None),
+        (["model.tiny.max_positions=100000", "data.seq_len=100000", "bench.prompt_tokens=99968"], None),
+        (["bench=none", "bench.prompt_tokens=100000"], None),  # no bench, no prompt
+    ],
+)  # fmt: skip
+def test_lengths_beyond_the_models_context_are_refused_in_the_config_check(argv, message):
+    """Checked from the architecture config in precheck, which imports no torch and loads no model."""
+    from infopt.composition.precheck import precheck
+
+    got = precheck(["model=tiny_llama", *argv], CLI_CONF_DIR)
+    if message is None:
+        assert got is None, got
+    else:
+        assert got is not None and got.startswith(message) and "\n" not in got, got
+
+
+def test_a_local_checkpoint_is_bounded_by_its_config_json(tmp_path):
+    from infopt.composition.precheck import precheck
+
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "gpt2", "n_positions": 128}))
+    got = precheck(["model=hf", "model.source=local", f"model.name_or_path={tmp_path}"], CLI_CONF_DIR)
+    assert got == ("data.seq_len=512 is longer than the context of model hf: 128 tokens (n_positions of its "
+                   "config.json); use data.seq_len<=128; or use a model with a longer context")  # fmt: skip
+
+
+@pytest.mark.parametrize("override,key", [("bench.prompt_tokens=100000", "bench.prompt_tokens"),
+                                          ("data.seq_len=100000", "data.seq_len")])  # fmt: skip
+def test_the_issue_sizes_exit_2_with_one_line_before_the_model_loads(tmp_path, override, key):
+    """Before: the OOM killer (no message) and a traceback after the baseline. Now the config check stops
+    the run before Hydra makes its dir (so before any load)."""
+    env = {**os.environ, "INFOPT_CACHE_DIR": str(CACHE_DIR), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO / "src")}
+    env.pop("HYDRA_FULL_ERROR", None)
+    proc = subprocess.run(
+        [sys.executable, "run.py", "model=tiny_llama", override, f"hydra.run.dir={tmp_path / 'run'}"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert proc.returncode == 2, proc.stderr
+    (line,) = [ln for ln in proc.stderr.splitlines() if ln.strip()]
+    assert line.startswith(f"infopt: error: {key}=100000 ") and "512 tokens (model.tiny.max_positions)" in line, line
+    assert f"{key}<=" in line, line
+    assert not (tmp_path / "run").exists(), "nothing is created, nothing loads, before the config check passes"
+
+
+def test_a_block_longer_than_the_corpus_is_refused_naming_its_tokens_and_the_maximum(tokenizer):
+    from infopt.config.schema import DataConfig
+    from infopt.data.blocks import TooFewTokens
+    from infopt.data.corpus import Corpus
+    from infopt.data.text import TextData
+
+    corpus = Corpus("small", train=("A short training document.", "And another one."),
+                    calibration=("One calibration line.",), heldout=("Held out.",))  # fmt: skip
+    data = TextData(DataConfig(name="small", source="text_files", files=["x.txt"], seq_len=256), tokenizer, corpus)
+    n = data.train_stream.numel()  # calibration falls back to the training text when its own is too short
+    more = "give more text (data.files, data.max_docs, data.calibration_docs)"
+    with pytest.raises(ConfigError) as err:
+        data.train_blocks()
+    assert str(err.value) == (f"data.seq_len=256 is longer than the text it is cut from allows: {n} tokens, "
+                              f"so at most {n}; use data.seq_len<={n}, or {more}")  # fmt: skip
+    with pytest.raises(ConfigError) as err:
+        data.calibration_blocks()
+    assert f"{n} tokens, so at most {n - 1}; use data.seq_len<={n - 1}" in str(err.value)  # a window needs one more
+    assert isinstance(err.value, ValueError) and isinstance(err.value, TooFewTokens)  # older callers catch ValueError
+    assert data.train_blocks(n).shape == (1, n) and data.calibration_blocks(2, n - 1).shape == (2, n - 1)
+
+
 # ---- records are strict JSON ---------------------------------------------------------------------
 
 

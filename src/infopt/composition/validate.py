@@ -5,6 +5,7 @@ from __future__ import annotations
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from infopt.composition.limits import check_context
 from infopt.config.checks import finite_tree
 from infopt.config.schema import InfoptConfig
 from infopt.errors import ConfigError
@@ -22,11 +23,12 @@ def to_object(cfg: DictConfig) -> InfoptConfig:
 
 
 def validate_config(cfg: DictConfig, *, check_technique: bool = True) -> InfoptConfig:
-    """Types (schema), finite floats, ranges (``validate``), the bench backend, and the technique's
-    cross-group checks."""
+    """Types (schema), finite floats, ranges (``validate``), lengths against the model's context, the
+    bench backend, and the technique's cross-group checks."""
     obj = to_object(cfg)
     finite_tree("", obj)  # before validate(): NaN passes every range check
     obj.validate()
+    check_context(obj)  # from the architecture config: no weights are read
     if obj.bench.enabled and obj.bench.backend != "transformers":
         from infopt.bench.backends import check_backend
 

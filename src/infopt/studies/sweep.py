@@ -6,7 +6,9 @@ dir that is the same on the rerun: pass ``hydra.sweep.dir=...`` (named experimen
 ``outputs/sweeps/<experiment>``). ``SweepSummary`` (a Hydra callback in conf/config.yaml) prints
 how many jobs ran and how many were skipped when the multirun ends. On SLURM a failed or
 interrupted job does not end the sweep early: ``infopt.studies.slurm.SlurmLauncher`` waits for every
-job and prints the same line with each failure's one-line reason.
+job and prints the same line with each failure's one-line reason. Two identical sweeps started
+together do not both run a job: the first to reach its dir locks it, the other waits and then skips
+it here (``infopt.studies.joblock``).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ def completed_record(output_dir: Path, config_hash: str) -> dict[str, Any] | Non
         {"at": datetime.now(timezone.utc).isoformat(), "config_hash": config_hash},
     )
     message = (
-        f"infopt: skipped: {output_dir}/results.json already holds this config (config_hash {config_hash}); "
+        f"skipped: {output_dir}/results.json already holds this config (config_hash {config_hash}); "
         "skip_completed=false runs it again"
     )
     log.info(message)
