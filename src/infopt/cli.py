@@ -6,6 +6,7 @@ composed and validated here, so a typo in a 20-job sweep fails in a second, not 
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -85,9 +86,10 @@ def _task(cfg: DictConfig) -> float | None:
             if not isinstance(exit_, SIGTERMException):
                 raise
             _interrupted(Interrupted(signal.SIGTERM), output_dir, sweep_dir)
-        except Exception as err:  # a bug or a library failure: Hydra prints the traceback
+        except Exception as err:  # a bug or a library failure: Hydra prints the traceback (redacted)
             first = (str(err).strip().splitlines() or [""])[0]
             write_incomplete(output_dir, "failed", redact_text(f"{type(err).__name__}: {first}"), 1)
+            logging.getLogger("infopt").error("run failed", exc_info=True, extra={"file_only": True})  # cli.log
             raise
     # Hydra sweepers (Optuna) optimise the returned value.
     return record.get("objective")
@@ -113,11 +115,17 @@ def main() -> None:
     """`python run.py [overrides]`: the Hydra app."""
     if not CONF_DIR.is_dir():
         _fail(f"config directory {CONF_DIR} not found; run infopt from its repository (pip install -e .)")
-    from infopt.composition.precheck import precheck, runs_task
-    from infopt.console import quiet_libraries
-    from infopt.secrets import install_log_redaction
+    from infopt.secrets import install_log_redaction, redacted_stderr
 
     install_log_redaction()  # every log line, W&B's and Hydra's job log included
+    with redacted_stderr():  # and every console line: Hydra prints failed jobs' overrides and tracebacks raw
+        _compose_and_run()
+
+
+def _compose_and_run() -> None:
+    from infopt.composition.precheck import precheck, runs_task
+    from infopt.console import quiet_libraries
+
     if runs_task(sys.argv[1:]):
         quiet_libraries()  # other libraries' output goes to the run's cli.log, not the console
         import torch  # noqa: F401 - torch installs its log handler on import: quiet it before the checks

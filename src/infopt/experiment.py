@@ -19,8 +19,9 @@ from omegaconf import DictConfig, OmegaConf
 from infopt.composition.validate import validate_config
 from infopt.config.schema import InfoptConfig
 from infopt.console import phase
+from infopt.errors import ResourceError
 from infopt.interrupt import Interrupted
-from infopt.io import atomic_write_json, non_finite, read_checked_json, write_checked_json
+from infopt.io import atomic_write_json, non_finite, read_checked_json, read_json, write_checked_json
 from infopt.results import SCHEMA_VERSION, compute_ratios, environment, flatten, redact, stable_hash
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,9 @@ def prepare(cfg: DictConfig, job: JobInfo) -> Setup:
     from infopt.models.load import resolve
 
     resolved = resolve(obj.model)
+    from infopt.data.corpus import check_text_files
+
+    check_text_files(obj.data)
     import torch
 
     from infopt.bench.hardware import device_description
@@ -153,6 +157,7 @@ def prepare(cfg: DictConfig, job: JobInfo) -> Setup:
     output_dir, cache_dir = Path(obj.paths.output_dir), Path(obj.paths.cache_dir).expanduser()
     output_dir.mkdir(parents=True, exist_ok=True)
     cache_dir.mkdir(parents=True, exist_ok=True)
+    check_not_foreign(output_dir / "results.json")
     if obj.hardware.num_threads:
         torch.set_num_threads(obj.hardware.num_threads)
     device = torch.device("cuda" if obj.hardware.accelerator == "gpu" else "cpu")
@@ -160,6 +165,17 @@ def prepare(cfg: DictConfig, job: JobInfo) -> Setup:
     config_hash = stable_hash({k: v for k, v in config.items() if k not in HASH_EXCLUDED})
     return Setup(obj, config, config_hash, job, output_dir, cache_dir, device, device_description(device), resolved,
                  technique)  # fmt: skip
+
+
+def check_not_foreign(path: Path) -> None:
+    """A results.json already in the run dir is overwritten only if it is an infopt record (or empty):
+    anything else there is someone's file, refused before any work rather than lost."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    record = read_json(path)
+    if not (isinstance(record, dict) and "schema_version" in record):
+        what = "not valid JSON" if record is None else f"a JSON {type(record).__name__}, not an infopt record"
+        raise ResourceError(f"{path} is {what}; move it away or choose another hydra.run.dir")
 
 
 def load(setup: Setup) -> Loaded:
@@ -250,6 +266,9 @@ def build_record(setup: Setup, loaded: Loaded, applied, baseline, cached: bool, 
         "stages": applied.stages,
         "ratios": compute_ratios(baseline, result) if baseline else {},
     }  # fmt: skip
+    # Paths the user chose (run dir, artifacts, notes naming files) can hold a secret, as overrides can.
+    record["run"] = redact(record["run"])
+    record["technique"]["notes"], record["technique"]["artifacts"] = redact([record["technique"]["notes"], artifacts])
     bad = non_finite({k: record[k] for k in ("baseline", "result", "ratios")} | {"technique.metrics": applied.metrics})
     if bad:  # written as null (strict JSON); said once here rather than left for a reader to guess
         record["technique"]["notes"].append(f"not a finite number (NaN or inf), written as null: {', '.join(bad)}")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sys
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -127,6 +129,10 @@ def install_log_redaction() -> None:
 
     def redacting_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
         record = factory(*args, **kwargs)
+        if record.exc_info and record.exc_info[0] is not None:  # tracebacks carry paths and overrides too
+            record.exc_text = redact_text("".join(traceback.format_exception(*record.exc_info)).rstrip("\n"))
+        if record.stack_info:
+            record.stack_info = redact_text(record.stack_info)
         try:
             message = record.getMessage()
         except Exception:  # a malformed format string: let logging report it as usual
@@ -140,11 +146,51 @@ def install_log_redaction() -> None:
     logging.setLogRecordFactory(redacting_factory)
 
 
+class RedactingStream:
+    """A text stream that redacts what passes through it, a line at a time (a secret is never split
+    across two writes of one line). Hydra prints a failed job's overrides and traceback straight to
+    ``sys.stderr``, not through logging, so the console itself has to redact. Everything else
+    (``isatty``, ``fileno``, ``encoding``) is the wrapped stream's, so rich still sees a terminal."""
+
+    def __init__(self, stream: Any) -> None:
+        self._stream, self._pending = stream, ""
+
+    def write(self, text: str) -> int:
+        self._pending += text
+        cut = max(self._pending.rfind("\n"), self._pending.rfind("\r"))  # \r: spinners redraw a line
+        if cut >= 0:
+            self._stream.write(redact_text(self._pending[: cut + 1]))
+            self._pending = self._pending[cut + 1 :]
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            self._stream.write(redact_text(self._pending))
+            self._pending = ""
+        self._stream.flush()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+@contextmanager
+def redacted_stderr() -> Iterator[None]:
+    """``sys.stderr`` redacted for the duration (the whole Hydra app: its error lines and tracebacks)."""
+    saved = sys.stderr
+    if isinstance(saved, RedactingStream):
+        yield
+        return
+    sys.stderr = RedactingStream(saved)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        sys.stderr = saved
+
+
 @contextmanager
 def redacted_argv() -> Iterator[None]:
     """``sys.argv`` with secrets redacted for the duration (W&B copies it into its run metadata)."""
-    import sys
-
     saved = list(sys.argv)
     sys.argv[:] = [saved[0], *(redact_text(a) for a in saved[1:])]
     try:

@@ -357,3 +357,149 @@ def test_unreachable_dataset_is_explained_with_offline_alternatives(monkeypatch)
         load_documents(cfg)
     message = str(err.value)
     assert "could not be loaded" in message and "data=lee_news" in message and "\n" not in message
+
+
+# ---- bad model sources, data files, dirs: one line naming the file, before the model loads ---------
+
+
+def _checkpoint(path: Path) -> Path:
+    """A tiny Llama checkpoint (config.json, model.safetensors, a GPT-2-style tokenizer's vocab.json)."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=1,
+                         num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=2048)  # fmt: skip
+    LlamaForCausalLM(config).save_pretrained(path)
+    (path / "vocab.json").write_text("{}")
+    return path
+
+
+def _damage(kind: str, ckpt: Path) -> tuple[str, str]:
+    """Damage the checkpoint one way; (model.name_or_path to give, what the error must say)."""
+    if kind == "missing":
+        return str(ckpt.parent / "nowhere"), "no such directory"
+    if kind == "a file":
+        return str(ckpt / "config.json"), "is a file: give the checkpoint directory"
+    if kind == "config not JSON":
+        (ckpt / "config.json").write_text("{model_type: llama")
+        return str(ckpt), "config.json is not valid JSON"
+    if kind == "config not a model config":
+        (ckpt / "config.json").write_text("[1, 2]")
+        return str(ckpt), "has no model_type"
+    if kind == "truncated weights":
+        weights = ckpt / "model.safetensors"
+        weights.write_bytes(weights.read_bytes()[:-100])
+        return str(ckpt), "model.safetensors is truncated or corrupt"
+    if kind == "pickle only":
+        (ckpt / "model.safetensors").rename(ckpt / "pytorch_model.bin")
+        return str(ckpt), "holds only pickle weights (pytorch_model.bin)"
+    if kind == "no tokenizer":
+        (ckpt / "vocab.json").unlink()
+        return str(ckpt), "no tokenizer files"
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind", ["missing", "a file", "config not JSON", "config not a model config",
+                                  "truncated weights", "pickle only", "no tokenizer"])  # fmt: skip
+def test_a_bad_local_checkpoint_is_refused_in_one_line_before_loading(tmp_path, kind):
+    from infopt.config.schema import ModelConfig
+    from infopt.models.load import resolve
+
+    name, says = _damage(kind, _checkpoint(tmp_path / "ckpt"))
+    with pytest.raises(ResourceError) as err:
+        resolve(ModelConfig(name="hf", source="hub", name_or_path=name))
+    assert says in str(err.value) and "\n" not in str(err.value)
+
+
+def test_an_intact_local_checkpoint_resolves(tmp_path):
+    from infopt.config.schema import ModelConfig
+    from infopt.models.load import resolve
+
+    ckpt = _checkpoint(tmp_path / "ckpt")
+    resolved = resolve(ModelConfig(name="hf", source="hub", name_or_path=str(ckpt)))
+    assert resolved.weights == str(ckpt) and resolved.tokenizer == str(ckpt)
+
+
+@pytest.mark.parametrize(
+    "name,content,says",
+    [
+        ("bin.txt", b"\x7fELF\x00\x00binary", "looks binary"),
+        ("latin1.txt", "caf\u00e9 cr\u00e8me".encode("latin-1"), "is not UTF-8 text (byte 3"),
+        ("bad.jsonl", b'{"text": 5}\n', "bad.jsonl:1: 'text' holds int, not a string"),
+        ("list.jsonl", b"[1]\n", "bad.jsonl:1: expected a JSON object"),
+        ("dir", None, "is a directory; list its files"),
+        ("absent.txt", False, "does not exist"),
+    ],
+)
+def test_bad_data_files_are_refused_in_one_line(tmp_path, name, content, says):
+    from infopt.config.schema import DataConfig
+    from infopt.data.corpus import check_text_files
+
+    path = tmp_path / name
+    if content is None:
+        path.mkdir()
+    elif content is not False:
+        path.write_bytes(content)
+    if name == "list.jsonl":
+        path = path.rename(tmp_path / "bad.jsonl")
+    with pytest.raises(ResourceError) as err:
+        check_text_files(DataConfig(source="text_files", files=[str(path)]))
+    assert says in str(err.value) and "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize(
+    "where,says",
+    [
+        ("hydra.run.dir=/proc/infopt-x", "hydra.run.dir=/proc/infopt-x: cannot create that directory ("),
+        ("hydra.run.dir={file}/sub", "hydra.run.dir={file}/sub: cannot create that directory (Not a directory)"),
+        ("paths.cache_dir={file}", "paths.cache_dir={file} is a file, not a directory; choose a directory"),
+    ],
+)
+def test_unusable_run_and_cache_dirs_are_refused_before_hydra_starts(tmp_path, where, says):
+    from infopt.composition.precheck import precheck
+
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    argv = ["model=tiny_llama", *QUICK, where.format(file=afile)]
+    message = precheck(argv, CLI_CONF_DIR)
+    assert message.startswith(says.format(file=afile)) and "\n" not in message
+
+
+@pytest.mark.parametrize("content,says", [("[1, 2]", "is a JSON list, not an infopt record"),
+                                          ("{not json", "is not valid JSON")])  # fmt: skip
+def test_a_foreign_results_json_in_the_run_dir_is_refused_not_overwritten(tmp_path, content, says):
+    from infopt.experiment import run_experiment
+
+    (tmp_path / "results.json").write_text(content)
+    cfg = compose_config(["model=tiny_llama", *QUICK], tmp_path)
+    with pytest.raises(ResourceError, match=says):
+        run_experiment(cfg)
+    assert (tmp_path / "results.json").read_text() == content
+
+
+def test_an_uncached_hub_task_offline_fails_before_the_model_loads(monkeypatch, tmp_path):
+    from infopt.config.schema import EvalConfig
+    from infopt.evaluation.runner import check_tasks
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_DATASETS_CACHE", str(tmp_path / "datasets"))
+    monkeypatch.setattr("datasets.config.HF_DATASETS_CACHE", tmp_path / "datasets")
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_CACHE", str(tmp_path / "hub"))
+    with pytest.raises(ResourceError) as err:
+        check_tasks(EvalConfig(tasks=["heldout", "hellaswag"]))
+    assert "'hellaswag' needs the hub dataset 'Rowan/hellaswag'" in str(err.value)
+    (tmp_path / "hub" / "datasets--Rowan--hellaswag").mkdir(parents=True)
+    check_tasks(EvalConfig(tasks=["heldout", "hellaswag"]))  # cached: fine offline
+
+
+def test_bad_sources_through_the_cli_exit_2_with_one_line_and_no_model_load(tmp_path):
+    """End to end: a pickle-only checkpoint; the run dir holds no results.json afterwards."""
+    ckpt = _checkpoint(tmp_path / "ckpt")
+    _damage("pickle only", ckpt)
+    env = {**os.environ, "INFOPT_CACHE_DIR": str(CACHE_DIR), "HF_HUB_OFFLINE": "1"}
+    args = ["model=hf", f"model.name_or_path={ckpt}", *QUICK, f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.run([sys.executable, "run.py", *args], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=300)  # fmt: skip
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("infopt: error:")]
+    assert len(errors) == 1 and "holds only pickle weights" in errors[0]
+    assert "Traceback" not in proc.stderr and "load hf" not in proc.stderr

@@ -169,6 +169,59 @@ def test_no_secret_reaches_any_file_of_a_run(tmp_path):
     assert logged["config"]["logger"]["tags"] == [REDACTED] and REDACTED in logged["tags"]
 
 
+def test_a_failing_job_prints_no_secret_on_stderr_or_in_its_log(tmp_path):
+    """A library-style exception (not an infopt error) naming a user path with a token in it: Hydra's
+    "Error executing job with overrides" line and the traceback reach stderr redacted; cli.log keeps
+    the traceback, redacted too."""
+    run_dir = tmp_path / "run"
+    env = {**os.environ, "INFOPT_CACHE_DIR": str(CACHE_DIR), "HF_HUB_OFFLINE": "1", "HF_TOKEN": HF_TOKEN}
+    env.pop("HYDRA_FULL_ERROR", None)
+    args = ["model=tiny_llama", "technique=toy_crash", f"technique.path=/data/{HF_TOKEN}/w.bin",
+            f"run_name={GITHUB_TOKEN}", "eval=quick", "eval.tasks=[]", "bench=none", "skip_baseline=true",
+            "logger=none", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    proc = subprocess.run([sys.executable, "tests/support/run_with_toys.py", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    assert "Error executing job with overrides" in proc.stderr and "OSError" in proc.stderr
+    assert f"/data/{REDACTED}/w.bin" in proc.stderr
+    log_text = "".join(p.read_text() for p in run_dir.glob("*.log"))
+    assert "OSError" in log_text and "Traceback" in log_text  # the traceback is kept, not lost
+    for secret in (HF_TOKEN, GITHUB_TOKEN):
+        assert secret not in proc.stdout + proc.stderr
+        assert secret not in log_text
+        for path in _files_under(run_dir):
+            assert secret.encode() not in path.read_bytes(), f"{secret[:6]}... leaked into {path}"
+
+
+def test_a_secret_in_the_run_dir_path_stays_out_of_the_record_and_logs(tmp_path):
+    """A token in ``hydra.run.dir`` (W&B stores its own directory, so this is for the file loggers):
+    ``run.output_dir`` in results.json, the CSV logs and cli.log are redacted."""
+    run_dir = tmp_path / f"run-{HF_TOKEN}"
+    env = {**os.environ, "INFOPT_CACHE_DIR": str(CACHE_DIR), "HF_HUB_OFFLINE": "1"}
+    args = ["model=tiny_llama", "technique=toy_scale", "eval=quick", "eval.tasks=[]", "bench=none",
+            "skip_baseline=true", "logger=csv", f"hydra.run.dir={run_dir}"]  # fmt: skip
+    proc = subprocess.run([sys.executable, "tests/support/run_with_toys.py", *args], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    record = json.loads((run_dir / "results.json").read_text())
+    assert record["run"]["output_dir"] == str(tmp_path / f"run-{REDACTED}")
+    assert HF_TOKEN not in proc.stdout + proc.stderr
+    for path in _files_under(run_dir):
+        assert HF_TOKEN.encode() not in path.read_bytes(), f"leaked into {path}"
+
+
+def test_the_console_stream_redacts_whole_lines_across_writes():
+    from infopt.secrets import RedactingStream
+
+    out = io.StringIO()
+    stream = RedactingStream(out)
+    stream.write("path /x/" + HF_TOKEN[:10])
+    assert out.getvalue() == ""  # a partial line waits: the secret may continue in the next write
+    stream.write(HF_TOKEN[10:] + "/y\nnext ")
+    stream.flush()
+    assert out.getvalue() == f"path /x/{REDACTED}/y\nnext "
+
+
 # ---- static checks over the source tree -------------------------------------------------------
 
 

@@ -4,6 +4,8 @@
   (stored size halves), so it changes quality and size in known ways. Modifies float weights.
 - ``toy_freeze``: pretends to leave real low-bit kernels (``keeps_float_weights = False``).
 - ``toy_train``: needs training text (``needs_data = True``); no-op.
+- ``toy_crash``: fails like a library bug would, with an ``OSError`` naming ``technique.path`` (a user
+  value, so a secret in it must not reach the console or ``cli.log``).
 - ``toy_finetune``: a few Lightning steps of next-token training on the run's data, through the same
   trainer as the real training stages (checkpoints in the run dir, resume from ``last.ckpt``, atomic
   checkpoint writes, the fault-injection hook), so the kill tests exercise the code distillation and
@@ -63,6 +65,17 @@ class ToyFreeze(Technique):
 
     def apply(self, model, ctx) -> Applied:
         return Applied(model=model, execution="real")
+
+
+@dataclass
+class ToyCrashConfig(TechniqueConfig):
+    name: str = "toy_crash"
+    path: str = "/nonexistent/weights.bin"
+
+
+class ToyCrash(Technique):
+    def apply(self, model, ctx) -> Applied:
+        raise OSError(f"[Errno 2] No such file or directory: '{self.config.path}'")
 
 
 @dataclass
@@ -126,6 +139,7 @@ TOYS = {
     "toy_scale": ("ToyScaleConfig", "ToyScale"),
     "toy_freeze": ("ToyFreezeConfig", "ToyFreeze"),
     "toy_train": ("ToyTrainConfig", "ToyTrain"),
+    "toy_crash": ("ToyCrashConfig", "ToyCrash"),
     "toy_finetune": ("ToyFinetuneConfig", "ToyFinetune"),
 }
 

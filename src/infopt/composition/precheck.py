@@ -195,8 +195,30 @@ def precheck(argv: list[str], conf_dir: Path) -> str | None:
                 message = _check_combination(combo, len(combos), composer)
                 if message:
                     return message
+            cache_dir = composer(combos[0]).paths.cache_dir if combos else None
     finally:
         GlobalHydra.instance().clear()
+    return _unusable_dir(argv, cache_dir)
+
+
+def _unusable_dir(argv: list[str], cache_dir: str | None) -> str | None:
+    """The run (or sweep) dir given on the command line and the cache dir must be creatable directories:
+    Hydra makes the run dir before any infopt code runs, and its error there is a traceback. Both are
+    created now, as Hydra and the run would a moment later (only once everything else checked out)."""
+    wanted = [(k, v) for a in argv for k, _, v in [a.lstrip("+").partition("=")]
+              if k in ("hydra.run.dir", "hydra.sweep.dir") and v]  # fmt: skip
+    if cache_dir:
+        wanted.append(("paths.cache_dir", cache_dir))
+    for key, value in wanted:
+        if "${" in value:
+            continue  # interpolated by Hydra per job
+        path = Path(value).expanduser()
+        if path.exists() and not path.is_dir():
+            return f"{key}={value} is a file, not a directory; choose a directory"
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            return f"{key}={value}: cannot create that directory ({err.strerror or err}); choose a writable directory"
     return None
 
 

@@ -36,26 +36,53 @@ class Corpus:
     heldout: tuple[str, ...]
 
 
-def _read_text_file(path: Path, text_field: str) -> list[str]:
+_TEXT_SUFFIXES = (".txt", ".md", ".cor", ".jsonl")
+
+
+def _read_utf8(path: Path) -> str:
+    """The file's text, or a one-line error naming it: missing, a directory, binary, not UTF-8."""
+    if path.is_dir():
+        raise ResourceError(f"data.files: {path} is a directory; list its files, e.g. data.files=[{path}/a.txt]")
     if not path.is_file():
         raise ResourceError(f"data.files: {path} does not exist")
-    if path.suffix == ".jsonl":
-        docs = []
-        for i, line in enumerate(path.read_text().splitlines()):
-            if not line.strip():
-                continue
-            try:
-                docs.append(json.loads(line)[text_field])
-            except (json.JSONDecodeError, KeyError, TypeError) as err:
-                raise ResourceError(
-                    f"{path}:{i + 1}: expected a JSON object with a {text_field!r} field ({err})"
-                ) from None
-        return docs
-    if path.suffix in (".txt", ".md", ".cor"):
-        return [block.strip() for block in path.read_text().split("\n\n") if block.strip()]
-    raise ConfigError(
-        f"data.files: {path.name} has suffix {path.suffix!r}; supported: .txt, .md, .jsonl"
-    )
+    if path.suffix not in _TEXT_SUFFIXES:
+        raise ConfigError(f"data.files: {path.name} has suffix {path.suffix!r}; supported: .txt, .md, .jsonl")
+    raw = path.read_bytes()
+    if b"\x00" in raw[:65536]:
+        raise ResourceError(f"data.files: {path} looks binary (it holds NUL bytes); give UTF-8 text")
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ResourceError(
+            f"data.files: {path} is not UTF-8 text (byte {err.start}: {err.reason}); convert it, "
+            f"e.g. iconv -f latin1 -t utf-8"
+        ) from None
+
+
+def _read_text_file(path: Path, text_field: str) -> list[str]:
+    text = _read_utf8(path)
+    if path.suffix != ".jsonl":
+        return [block.strip() for block in text.split("\n\n") if block.strip()]
+    docs = []
+    for i, line in enumerate(text.splitlines()):
+        if not line.strip():
+            continue
+        try:
+            value = json.loads(line)[text_field]
+        except (json.JSONDecodeError, KeyError, TypeError, IndexError) as err:
+            raise ResourceError(f"{path}:{i + 1}: expected a JSON object with a {text_field!r} field ({err})") from None
+        if not isinstance(value, str):
+            raise ResourceError(
+                f"{path}:{i + 1}: {text_field!r} holds {type(value).__name__}, not a string (data.text_field)"
+            )
+        docs.append(value)
+    return docs
+
+
+def check_text_files(cfg: DataConfig) -> None:
+    """Read the user's files before the model loads: a bad file fails in a second, not after the load."""
+    if cfg.source == "text_files":
+        split_corpus(cfg, load_documents(cfg))
 
 
 def review_documents() -> list[str]:

@@ -45,18 +45,20 @@ class TextData:
         return self._heldout[1]
 
     def calibration_blocks(
-        self, count: int | None = None, seq_len: int | None = None, seed: int | None = None
-    ) -> torch.Tensor:
-        """(count, seq_len) windows from the calibration documents (falls back to train if too short)."""
+        self, count: int | None = None, seq_len: int | None = None, seed: int | None = None,
+        key: str = "data.seq_len",
+    ) -> torch.Tensor:  # fmt: skip
+        """(count, seq_len) windows from the calibration documents (falls back to train if too short);
+        ``key``: the setting that chose ``seq_len``, named when the text is too short for it."""
         count = count or self.cfg.calibration_samples
         seq_len = seq_len or self.cfg.seq_len
         stream = self.calibration_stream
         if stream.numel() <= seq_len:
             stream = self.train_stream
-        return sample_blocks(stream, seq_len, count, self.cfg.seed if seed is None else seed)
+        return sample_blocks(stream, seq_len, count, self.cfg.seed if seed is None else seed, key)
 
-    def train_blocks(self, seq_len: int | None = None) -> torch.Tensor:
-        return contiguous_blocks(self.train_stream, seq_len or self.cfg.seq_len)
+    def train_blocks(self, seq_len: int | None = None, key: str = "data.seq_len") -> torch.Tensor:
+        return contiguous_blocks(self.train_stream, seq_len or self.cfg.seq_len, key)
 
-    def heldout_blocks(self, seq_len: int | None = None) -> torch.Tensor:
-        return contiguous_blocks(self.heldout_stream, seq_len or self.cfg.seq_len)
+    def heldout_blocks(self, seq_len: int | None = None, key: str = "data.seq_len") -> torch.Tensor:
+        return contiguous_blocks(self.heldout_stream, seq_len or self.cfg.seq_len, key)

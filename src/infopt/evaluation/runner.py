@@ -9,8 +9,10 @@ also gets a 95% percentile-bootstrap interval, ``<metric>_ci95_low`` / ``_ci95_h
 from __future__ import annotations
 
 import difflib
+import functools
 import logging
 import math
+import os
 from pathlib import Path
 
 from torch import nn
@@ -18,7 +20,7 @@ from torch import nn
 from infopt.config.schema import EvalConfig
 from infopt.data.blocks import contiguous_blocks
 from infopt.data.text import TextData
-from infopt.errors import ConfigError
+from infopt.errors import ConfigError, ResourceError
 from infopt.evaluation.local_tasks import LOCAL_TASKS, write_tasks
 from infopt.evaluation.perplexity import per_document_units, token_nll
 from infopt.evaluation.uncertainty import units_from_samples, with_intervals
@@ -34,9 +36,8 @@ def check_tasks(cfg: EvalConfig) -> None:
     remote = [t for t in cfg.tasks if t not in LOCAL_TASKS]
     if not remote:
         return
-    from lm_eval.tasks import TaskManager
-
-    known = set(TaskManager().all_tasks)
+    manager = _task_manager()
+    known = set(manager.all_tasks)
     for task in remote:
         if task not in known:
             close = difflib.get_close_matches(task, known, n=5)
@@ -44,6 +45,50 @@ def check_tasks(cfg: EvalConfig) -> None:
             raise ConfigError(
                 f"eval.tasks: {task!r} is not an lm-eval task nor a local one ({', '.join(LOCAL_TASKS)}){hint}"
             )
+    if _offline():
+        for task in remote:
+            missing = [d for d in _hub_datasets(manager, task) if not _dataset_cached(d)]
+            if missing:
+                raise ResourceError(
+                    f"eval.tasks: {task!r} needs the hub dataset {missing[0]!r}, which is not in the local cache, "
+                    f"and the hub is offline (HF_HUB_OFFLINE / HF_DATASETS_OFFLINE); use the local tasks "
+                    f"({', '.join(LOCAL_TASKS)}), or run once online to cache it"
+                )
+
+
+@functools.cache
+def _task_manager():
+    """lm-eval's index of its tasks (seconds to build: once per process)."""
+    from lm_eval.tasks import TaskManager
+
+    return TaskManager()
+
+
+def _offline() -> bool:
+    return any(os.environ.get(v, "").lower() in ("1", "true", "yes") for v in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))
+
+
+def _hub_datasets(manager, task: str, depth: int = 0) -> set[str]:
+    """The hub datasets a task (or every task of a group) reads, as far as its index entry says
+    (``dataset_path``; a task whose path comes from an ``include`` is not followed)."""
+    entry = manager.task_index.get(task)
+    cfg = getattr(entry, "cfg", None) or {}
+    found = {cfg["dataset_path"]} if isinstance(cfg.get("dataset_path"), str) else set()
+    children = cfg.get("task") if depth < 3 and "group" in cfg else None
+    for child in children if isinstance(children, list) else []:
+        if isinstance(child, str):
+            found |= _hub_datasets(manager, child, depth + 1)
+    return {d for d in found if "/" in d or not Path(d).exists()}  # local dataset scripts/dirs need no hub
+
+
+def _dataset_cached(path: str) -> bool:
+    """Either cache the datasets library reads offline: its prepared arrow files or the hub's file cache."""
+    from datasets import config as datasets_config
+    from huggingface_hub import constants
+
+    prepared = Path(datasets_config.HF_DATASETS_CACHE) / path.replace("/", "___")
+    downloaded = Path(constants.HF_HUB_CACHE) / f"datasets--{path.replace('/', '--')}"
+    return prepared.is_dir() or downloaded.is_dir()
 
 
 def _quiet_hflm(**kwargs):
@@ -72,26 +117,16 @@ def run_lm_eval(
 ) -> dict[str, float]:
     """lm-eval's scores of the in-memory model; ``units`` (when given) receives each metric's
     per-document / per-question bootstrap units from the logged samples."""
-    import lm_eval
-    from lm_eval.tasks import TaskManager
-
     include = write_tasks(cache_dir, data.corpus.heldout, cfg.analogy_per_section)
     max_length = cfg.max_length or min(context_length(model.config), 2048)
     lm = _quiet_hflm(pretrained=model, tokenizer=tokenizer, batch_size=cfg.batch_size, max_length=max_length)
-    out = lm_eval.simple_evaluate(
-        model=lm,
-        tasks=list(cfg.tasks),
-        task_manager=TaskManager(include_path=str(include)),
-        limit=cfg.limit,
-        num_fewshot=cfg.num_fewshot,
-        bootstrap_iters=BOOTSTRAP_ITERS,
-        log_samples=units is not None,
-        random_seed=0,
-        numpy_random_seed=0,
-        torch_random_seed=0,
-        fewshot_random_seed=0,
-        verbosity="WARNING",
-    )
+    try:
+        out = _simple_evaluate(lm, cfg, include, log_samples=units is not None)
+    except ConnectionError as err:  # a hub dataset the offline check could not see (a group's included task)
+        raise ResourceError(
+            f"eval.tasks: {_first_line(err)}; the hub is unreachable or offline: use the local tasks "
+            f"({', '.join(LOCAL_TASKS)}), or run once online to cache the task's dataset"
+        ) from None
     metrics: dict[str, float] = {}
     for task, values in out["results"].items():
         for key, value in values.items():
@@ -105,6 +140,30 @@ def run_lm_eval(
     return metrics
 
 
+def _simple_evaluate(lm, cfg: EvalConfig, include: Path, log_samples: bool) -> dict:
+    import lm_eval
+    from lm_eval.tasks import TaskManager
+
+    return lm_eval.simple_evaluate(
+        model=lm,
+        tasks=list(cfg.tasks),
+        task_manager=TaskManager(include_path=str(include)),
+        limit=cfg.limit,
+        num_fewshot=cfg.num_fewshot,
+        bootstrap_iters=BOOTSTRAP_ITERS,
+        log_samples=log_samples,
+        random_seed=0,
+        numpy_random_seed=0,
+        torch_random_seed=0,
+        fewshot_random_seed=0,
+        verbosity="WARNING",
+    )
+
+
+def _first_line(err: BaseException) -> str:
+    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
+
+
 def evaluate(
     model: nn.Module, tokenizer, cfg: EvalConfig, data: TextData, cache_dir: Path
 ) -> tuple[dict[str, float], dict[str, dict]]:
@@ -114,7 +173,7 @@ def evaluate(
     units: dict[str, dict] = {}
     if cfg.token_perplexity:
         w = cfg.token_perplexity_window
-        blocks = data.heldout_blocks(w)
+        blocks = data.heldout_blocks(w, key="eval.token_perplexity_window")
         owners = contiguous_blocks(data.heldout_documents, w)  # (N, w): the document of each token
         if cfg.limit is not None:
             blocks, owners = blocks[: cfg.limit], owners[: cfg.limit]

@@ -6,6 +6,7 @@ offline fails in a second with the alternatives spelled out.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from dataclasses import dataclass
@@ -78,12 +79,9 @@ def resolve(cfg: ModelConfig) -> ResolvedModel:
         return ResolvedModel("embedded", "embedded", None, (EMBEDDED_BASELINE_NOTE,))
     name = cfg.name_or_path
     assert name is not None
-    if cfg.source == "local" or Path(name).expanduser().is_dir():
-        path = Path(name).expanduser()
-        if not (path / "config.json").is_file():
-            raise ResourceError(
-                f"model.name_or_path={name!r}: no config.json in that directory (expected a transformers checkpoint)"
-            )
+    path = Path(name).expanduser()
+    if cfg.source == "local" or path.exists() or _looks_like_path(name):
+        check_local_checkpoint(path, name, weights=cfg.pretrained, tokenizer=cfg.tokenizer is None)
         return ResolvedModel(
             str(path) if cfg.pretrained else None, cfg.tokenizer or str(path), str(path)
         )
@@ -113,6 +111,70 @@ def resolve(cfg: ModelConfig) -> ResolvedModel:
     return ResolvedModel(None, tokenizer, config_source, tuple(notes))
 
 
+def _looks_like_path(name: str) -> bool:
+    """A filesystem path, not a hub id (``owner/name``): absolute, home- or dot-relative."""
+    return name.startswith(("/", "~", "./", "../")) or name in (".", "..")
+
+
+# Files that make a tokenizer transformers can load from a checkpoint directory.
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer.model", "vocab.json", "tiktoken.model")
+
+
+def check_local_checkpoint(path: Path, name: str, *, weights: bool, tokenizer: bool) -> None:
+    """A local checkpoint directory that transformers will load, checked before anything loads: one
+    line naming the file and what to do, instead of a loader traceback after minutes of work."""
+    key = f"model.name_or_path={name!r}"
+    if not path.exists():
+        raise ResourceError(f"{key}: no such directory (give a local checkpoint directory or a hub id such as 'gpt2')")
+    if not path.is_dir():
+        raise ResourceError(f"{key} is a file: give the checkpoint directory that holds config.json and the weights")
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ResourceError(f"{key}: no config.json in that directory (expected a transformers checkpoint)")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, ValueError) as err:
+        raise ResourceError(f"{config_file} is not valid JSON ({err}); re-save the checkpoint") from None
+    if not isinstance(config, dict) or "model_type" not in config:
+        raise ResourceError(f"{config_file} has no model_type: not a transformers config; re-save the checkpoint")
+    if weights:
+        _check_weights(path, key)
+    if tokenizer and not any((path / f).is_file() for f in _TOKENIZER_FILES):
+        raise ResourceError(
+            f"{key}: no tokenizer files ({', '.join(_TOKENIZER_FILES)}) in that directory; set "
+            "model.tokenizer=<a directory or hub id> or model.tokenizer=embedded (SmolLM2's)"
+        )
+
+
+def _check_weights(path: Path, key: str) -> None:
+    from infopt.models.embedded import safetensors_intact
+
+    index = path / "model.safetensors.index.json"
+    if index.is_file():
+        try:
+            shards = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        except (ValueError, KeyError, TypeError, AttributeError) as err:
+            raise ResourceError(f"{index} is not a valid safetensors index ({err}); re-save the checkpoint") from None
+        files = [path / shard for shard in shards]
+    else:
+        files = sorted(path.glob("*.safetensors"))
+    if not files:
+        pickles = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt*"))
+        if pickles:
+            raise ResourceError(
+                f"{key} holds only pickle weights ({', '.join(pickles)}), which infopt does not load (unpickling "
+                "can run code); convert them to safetensors once, where you trust the file: "
+                "AutoModelForCausalLM.from_pretrained(dir).save_pretrained(new_dir)"
+            )
+        raise ResourceError(f"{key}: no weights (*.safetensors) in that directory; or set model.pretrained=false")
+    for file in files:
+        if not file.is_file():
+            raise ResourceError(f"{file} is listed in {index.name} but missing; copy the whole checkpoint again")
+        if not safetensors_intact(file):
+            raise ResourceError(f"{file} is truncated or corrupt (its size does not match its header); "
+                                "copy or download it again")  # fmt: skip
+
+
 def load_tokenizer(source: str, cache_dir: Path, trust_remote_code: bool = False):
     from transformers import AutoTokenizer
 
@@ -129,7 +191,7 @@ def load_tokenizer(source: str, cache_dir: Path, trust_remote_code: bool = False
 def embedded_tokenizer_dir(cache_dir: Path) -> Path:
     """SmolLM2's tokenizer, read from the GGUF once and cached (no model conversion needed)."""
     from infopt.io import MANIFEST, atomic_dir, verify_manifest, write_manifest
-    from infopt.models.embedded import DONE_MARKER, gguf_path
+    from infopt.models.embedded import DONE_MARKER, check_gguf, gguf_path
 
     model_dir = cache_dir / "models"
     for candidate in model_dir.glob("smollm2-*"):
@@ -145,6 +207,7 @@ def embedded_tokenizer_dir(cache_dir: Path) -> Path:
     from transformers import AutoTokenizer
 
     gguf = gguf_path()
+    check_gguf(gguf)  # a damaged file gets its one-line error here, before the tokenizer is read from it
     tok = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     with atomic_dir(target) as tmp:
         tok.save_pretrained(tmp)
@@ -205,8 +268,16 @@ def load_model(
         path = cached_checkpoint(cache_dir)
         return AutoModelForCausalLM.from_pretrained(str(path), **kwargs).eval()
     if resolved.weights is not None:
+        config = AutoConfig.from_pretrained(resolved.weights, revision=cfg.revision,
+                                            trust_remote_code=cfg.trust_remote_code)  # fmt: skip
+        vocab = getattr(config, "vocab_size", None)
+        if vocab is not None and len(tokenizer) > vocab:  # ids past the embedding: an IndexError mid-eval
+            raise ResourceError(
+                f"the tokenizer ({resolved.tokenizer}) has {len(tokenizer)} tokens but the model "
+                f"{resolved.weights} embeds {vocab}: use the checkpoint's own tokenizer (unset model.tokenizer)"
+            )
         return AutoModelForCausalLM.from_pretrained(
-            resolved.weights, revision=cfg.revision, use_safetensors=None, **kwargs
+            resolved.weights, revision=cfg.revision, use_safetensors=True, **kwargs  # never unpickle
         ).eval()
     # Random init of the architecture.
     if resolved.config_source is not None:
@@ -237,6 +308,7 @@ _SMOLLM2 = dict(
     num_hidden_layers=30,
     num_attention_heads=9,
     num_key_value_heads=3,
+    max_position_embeddings=8192,  # llama.context_length in its GGUF
     tie_word_embeddings=True,
 )
 
