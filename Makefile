@@ -25,7 +25,7 @@ test: $(STAMP)
 	$(PY) -m pytest -m "not slow and not gpu and not slurm" -q $(ARGS)
 
 test-full: $(STAMP)
-	$(PY) -m pytest -m "not slurm" -q $(ARGS)
+	INFOPT_PROPERTY_EXAMPLES=300 $(PY) -m pytest -m "not slurm" -q $(ARGS)
 
 # Sweeps on a real one-node SLURM cluster (about 5 minutes). Starting it needs root (apt-get
 # install slurm-wlm munge); where it cannot start, the tests skip and say why.

@@ -1,5 +1,12 @@
 """Faults injected into real subprocesses: SIGKILL mid-training, mid-sweep; then rerun.
 
+The tests that share the ``training_runs`` fixture (three subprocess runs, about a minute) and the
+killed sweep run in ``make test-full`` (marked slow); the fast suite keeps the same promises through
+cheaper tests: bit-identical resume in-process (tests/framework/test_training.py) and through a killed
+distill subprocess (tests/techniques/test_distill.py), same seed same numbers
+(tests/framework/test_run.py), a rerun sweep skipping finished jobs (tests/framework/test_sweeps.py,
+tests/reliability/test_concurrency.py), and SIGTERM's exit status (below).
+
 The kill comes from ``infopt.faults`` (``INFOPT_FAULT_KILL_AT_STEP`` / ``INFOPT_FAULT_KILL_AT_JOB``):
 the process sends itself SIGKILL at a known point, so nothing is flushed and no ``finally`` runs.
 """
@@ -79,6 +86,7 @@ def _record(path: Path) -> dict:
     return json.loads((path / "results.json").read_text())
 
 
+@pytest.mark.slow
 def test_killed_training_resumes_to_the_same_metrics(training_runs):
     root, killed, _ = training_runs
     assert killed["returncode"] == -signal.SIGKILL, killed["stderr"][-2000:]
@@ -118,6 +126,7 @@ def test_sigterm_in_training_exits_143_with_no_record_and_says_how_to_resume(tmp
     assert torch.load(run_dir / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
 
 
+@pytest.mark.slow
 def test_same_config_and_seed_give_the_same_metrics_in_two_processes(training_runs, tmp_path):
     """The subprocess run, and the same config run again here (another process, other prior state)."""
     import torch
@@ -135,6 +144,7 @@ def test_same_config_and_seed_give_the_same_metrics_in_two_processes(training_ru
     assert again["config_hash"] == straight["config_hash"]
 
 
+@pytest.mark.slow
 def test_wandb_offline_run_keeps_what_was_logged_before_the_kill(training_runs):
     from support.wandb_offline import read_run
 
@@ -162,6 +172,7 @@ def test_wandb_offline_run_keeps_what_was_logged_before_the_kill(training_runs):
     assert len(list((root / "killed" / "wandb").glob("offline-run-*"))) == 2
 
 
+@pytest.mark.slow
 def test_sweep_killed_midway_completes_on_rerun_without_redoing_finished_jobs(tmp_path):
     sweep = tmp_path / "sweep"
     args = [

@@ -57,11 +57,12 @@ def check_tasks(cfg: EvalConfig) -> None:
 
 
 @functools.cache
-def _task_manager():
-    """lm-eval's index of its tasks (seconds to build: once per process)."""
+def _task_manager(include: str | None = None, lm_eval_tasks: bool = True):
+    """lm-eval's index of task configs, built once per process: indexing lm-eval's own few thousand
+    task YAMLs takes 8-20 s on 2 cores, so runs that use only the local tasks index only those."""
     from lm_eval.tasks import TaskManager
 
-    return TaskManager()
+    return TaskManager(include_path=include, include_defaults=lm_eval_tasks)
 
 
 def _offline() -> bool:
@@ -142,22 +143,28 @@ def run_lm_eval(
 
 def _simple_evaluate(lm, cfg: EvalConfig, include: Path, log_samples: bool) -> dict:
     import lm_eval
-    from lm_eval.tasks import TaskManager
+    from lm_eval import evaluator
 
-    return lm_eval.simple_evaluate(
-        model=lm,
-        tasks=list(cfg.tasks),
-        task_manager=TaskManager(include_path=str(include)),
-        limit=cfg.limit,
-        num_fewshot=cfg.num_fewshot,
-        bootstrap_iters=BOOTSTRAP_ITERS,
-        log_samples=log_samples,
-        random_seed=0,
-        numpy_random_seed=0,
-        torch_random_seed=0,
-        fewshot_random_seed=0,
-        verbosity="WARNING",
-    )
+    # lm-eval adds torch's environment report to every result (a dozen subprocesses, ~1 s per call);
+    # infopt records the run's environment once, in results.json, so that step is skipped.
+    add_env_info, evaluator.add_env_info = evaluator.add_env_info, lambda results: None
+    try:
+        return lm_eval.simple_evaluate(
+            model=lm,
+            tasks=list(cfg.tasks),
+            task_manager=_task_manager(str(include), any(t not in LOCAL_TASKS for t in cfg.tasks)),
+            limit=cfg.limit,
+            num_fewshot=cfg.num_fewshot,
+            bootstrap_iters=BOOTSTRAP_ITERS,
+            log_samples=log_samples,
+            random_seed=0,
+            numpy_random_seed=0,
+            torch_random_seed=0,
+            fewshot_random_seed=0,
+            verbosity="WARNING",
+        )
+    finally:
+        evaluator.add_env_info = add_env_info
 
 
 def _first_line(err: BaseException) -> str:
