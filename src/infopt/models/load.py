@@ -268,17 +268,11 @@ def load_model(
         path = cached_checkpoint(cache_dir)
         return AutoModelForCausalLM.from_pretrained(str(path), **kwargs).eval()
     if resolved.weights is not None:
-        config = AutoConfig.from_pretrained(resolved.weights, revision=cfg.revision,
-                                            trust_remote_code=cfg.trust_remote_code)  # fmt: skip
-        vocab = getattr(config, "vocab_size", None)
-        if vocab is not None and len(tokenizer) > vocab:  # ids past the embedding: an IndexError mid-eval
-            raise ResourceError(
-                f"the tokenizer ({resolved.tokenizer}) has {len(tokenizer)} tokens but the model "
-                f"{resolved.weights} embeds {vocab}: use the checkpoint's own tokenizer (unset model.tokenizer)"
-            )
-        return AutoModelForCausalLM.from_pretrained(
+        model = AutoModelForCausalLM.from_pretrained(
             resolved.weights, revision=cfg.revision, use_safetensors=True, **kwargs  # never unpickle
-        ).eval()
+        )
+        check_vocabulary(model, tokenizer, resolved)
+        return model.eval()
     # Random init of the architecture.
     if resolved.config_source is not None:
         config = AutoConfig.from_pretrained(
@@ -298,6 +292,16 @@ def load_model(
     if dtype != "auto":
         model = model.to(dtype)
     return model.eval()
+
+
+def check_vocabulary(model, tokenizer, resolved: ResolvedModel) -> None:
+    """Token ids past the embedding would be an IndexError in the middle of the first eval."""
+    vocab = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > vocab:
+        raise ResourceError(
+            f"the tokenizer ({resolved.tokenizer}) has {len(tokenizer)} tokens but the model {resolved.weights} "
+            f"embeds {vocab}: use the checkpoint's own tokenizer (unset model.tokenizer)"
+        )
 
 
 # SmolLM2-135M's shape, for checks before the embedded checkpoint is converted.

@@ -153,11 +153,12 @@ def choose_metric(records: list[dict[str, Any]], metric: str | None = None) -> s
 
 
 def _without(config: dict[str, Any]) -> dict[str, Any]:
-    """The config minus what does not change a setting: paths, logging, and every ``seed`` (repeats)."""
+    """The config minus what does not change a setting: paths, logging, and every ``seed`` or ``*_seed``
+    (repeats: another draw of the data, the initialisation, a rotation's random signs)."""
 
     def strip(node: Any) -> Any:
         if isinstance(node, dict):
-            return {k: strip(v) for k, v in node.items() if k != "seed"}
+            return {k: strip(v) for k, v in node.items() if k != "seed" and not k.endswith("_seed")}
         if isinstance(node, list):
             return [strip(v) for v in node]
         return node
