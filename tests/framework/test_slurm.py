@@ -120,15 +120,18 @@ def test_a_job_failing_on_a_bad_value_shows_its_one_line_error_in_the_sweep_summ
     assert _record(sweep_dir / "0")["run"]["status"] == "complete" and not (sweep_dir / "1" / "results.json").exists()
     assert json.loads((sweep_dir / "1" / "incomplete.json").read_text())["status"] == "failed"
 
-    # An unexpected exception (here transformers' on a config.json that is not JSON): its first line,
-    # and SLURM records a failure (submitit alone would have stored it as a result: COMPLETED).
+    # An unexpected exception (here transformers', on a checkpoint that passes infopt's file checks but
+    # whose tokenizer cannot be built): its first line, and SLURM records a failure (submitit alone would
+    # have stored it as a result: COMPLETED).
     model = tmp_path / "model"
     model.mkdir()
-    (model / "config.json").write_text("{not json")
+    (model / "config.json").write_text('{"model_type": "no_such_arch"}')
+    (model / "model.safetensors").write_bytes((2).to_bytes(8, "little") + b"{}")  # a valid, empty safetensors
+    (model / "vocab.json").write_text("{}")
     out = finish(sweep(["model=hf", f"model.name_or_path={model}", "technique=baseline", "eval=quick", "bench=none",
                         "logger=none"], tmp_path / "sweep2"), returncode=1)  # fmt: skip
     (line,) = [x for x in out.splitlines() if x.startswith("  job 0 (")]
-    assert "OSError: It looks like the config file" in line and line.endswith("FAILED)"), line
+    assert "ValueError: Couldn't instantiate the backend tokenizer" in line and line.endswith("FAILED)"), line
 
 
 @pytest.fixture(scope="module")
