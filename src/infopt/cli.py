@@ -17,7 +17,7 @@ from omegaconf import DictConfig
 
 from infopt.composition import CONF_DIR
 from infopt.composition.store import register_configs
-from infopt.errors import InfoptError
+from infopt.errors import InfoptError, first_line
 
 EXIT_USER_ERROR = 2
 
@@ -87,8 +87,7 @@ def _task(cfg: DictConfig) -> float | None:
                 raise
             _interrupted(Interrupted(signal.SIGTERM), output_dir, sweep_dir)
         except Exception as err:  # a bug or a library failure: Hydra prints the traceback (redacted)
-            first = (str(err).strip().splitlines() or [""])[0]
-            write_incomplete(output_dir, "failed", redact_text(f"{type(err).__name__}: {first}"), 1)
+            write_incomplete(output_dir, "failed", redact_text(first_line(err)), 1)
             logging.getLogger("infopt").error("run failed", exc_info=True, extra={"file_only": True})  # cli.log
             raise
     # Hydra sweepers (Optuna) optimise the returned value.

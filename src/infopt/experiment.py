@@ -114,6 +114,7 @@ class Setup:
     device_info: dict[str, Any]
     resolved: Any  # models.load.ResolvedModel
     technique: Any  # the built Technique
+    corpus: Any = None  # data.corpus.Corpus already read (data=text_files), else None: read when first needed
     started: datetime = field(default_factory=lambda: datetime.now(timezone.utc))
     t0: float = field(default_factory=time.perf_counter)
     load_start: tuple[float, float, float] = field(default_factory=os.getloadavg)  # 1/5/15-min load when it began
@@ -147,9 +148,9 @@ def prepare(cfg: DictConfig, job: JobInfo) -> Setup:
     from infopt.models.load import resolve
 
     resolved = resolve(obj.model)
-    from infopt.data.corpus import check_text_files
+    from infopt.data.corpus import preload_text_files
 
-    check_text_files(obj.data)
+    corpus = preload_text_files(obj.data)  # the user's own files, read once, here
     import torch
 
     from infopt.bench.hardware import device_description
@@ -164,7 +165,7 @@ def prepare(cfg: DictConfig, job: JobInfo) -> Setup:
     config = redact(OmegaConf.to_container(cfg, resolve=True))
     config_hash = stable_hash({k: v for k, v in config.items() if k not in HASH_EXCLUDED})
     return Setup(obj, config, config_hash, job, output_dir, cache_dir, device, device_description(device), resolved,
-                 technique)  # fmt: skip
+                 technique, corpus)  # fmt: skip
 
 
 def check_not_foreign(path: Path) -> None:
@@ -188,7 +189,7 @@ def load(setup: Setup) -> Loaded:
     t = time.perf_counter()
     tokenizer = load_tokenizer(setup.resolved.tokenizer, setup.cache_dir, obj.model.trust_remote_code)
     model = load_model(obj.model, setup.resolved, tokenizer, setup.cache_dir, seed=obj.seed).to(setup.device)
-    data = TextData(obj.data, tokenizer)
+    data = TextData(obj.data, tokenizer, setup.corpus)
     return Loaded(model, tokenizer, data, Measurer(obj, tokenizer, data, setup.cache_dir), time.perf_counter() - t)
 
 

@@ -433,7 +433,7 @@ def test_an_intact_local_checkpoint_resolves(tmp_path):
 )
 def test_bad_data_files_are_refused_in_one_line(tmp_path, name, content, says):
     from infopt.config.schema import DataConfig
-    from infopt.data.corpus import check_text_files
+    from infopt.data.corpus import preload_text_files
 
     path = tmp_path / name
     if content is None:
@@ -443,7 +443,7 @@ def test_bad_data_files_are_refused_in_one_line(tmp_path, name, content, says):
     if name == "list.jsonl":
         path = path.rename(tmp_path / "bad.jsonl")
     with pytest.raises(ResourceError) as err:
-        check_text_files(DataConfig(source="text_files", files=[str(path)]))
+        preload_text_files(DataConfig(source="text_files", files=[str(path)]))
     assert says in str(err.value) and "\n" not in str(err.value)
 
 

@@ -29,14 +29,13 @@ from typing import Any
 
 from infopt.config.schema import InfoptConfig, ModelConfig
 from infopt.errors import ConfigError
+from infopt.models import CONTEXT_KEYS
+from infopt.models.embedded import CACHE_NAME, EMBEDDED_CONTEXT
 
-# SmolLM2-135M's llama.context_length in the embedded GGUF (its converted config.json says the same).
-EMBEDDED_CONTEXT = 8192
 # Keys that name one sequence's length, wherever they sit in a technique's config (pipeline stages too).
 LENGTH_KEYS = ("seq_len", "calibration_seq_len", "ppl_window")
 # A prompt and the tokens generated after it share one context.
 PROMPT_KEYS = (("prompt_tokens", "new_tokens"), ("agreement_prompt_tokens", "agreement_new_tokens"))
-_CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx")  # as models.surgery.context_length
 _KNOWN: dict[tuple[str, str], tuple[int, str] | None] = {}  # a sweep's precheck asks once per combination
 
 
@@ -52,8 +51,6 @@ def model_context(model: ModelConfig, cache_dir: str | Path | None) -> tuple[int
 
 def _read_context(model: ModelConfig, cache_dir: str | Path | None) -> tuple[int, str] | None:
     if model.source == "embedded":
-        from infopt.models.embedded import CACHE_NAME
-
         converted = Path(cache_dir).expanduser() / "models" / CACHE_NAME / "config.json" if cache_dir else None
         value = _config_context(converted)[0] if converted else None
         return (value or EMBEDDED_CONTEXT), "max_position_embeddings of SmolLM2-135M"
@@ -86,7 +83,7 @@ def _config_context(path: Path | None) -> tuple[int | None, str]:
         config = json.loads(path.read_text(encoding="utf-8")) if path is not None else None
     except (OSError, UnicodeDecodeError, ValueError):
         return None, ""
-    for attr in _CONTEXT_KEYS if isinstance(config, dict) else ():
+    for attr in CONTEXT_KEYS if isinstance(config, dict) else ():
         value = config.get(attr)
         if isinstance(value, int) and not isinstance(value, bool) and value > 0:
             return value, attr

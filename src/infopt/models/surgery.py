@@ -25,6 +25,7 @@ from torch import nn
 from transformers.pytorch_utils import Conv1D
 
 from infopt.errors import ConfigError
+from infopt.models import CONTEXT_KEYS
 
 DECODER_PATHS = ("model.layers", "transformer.h", "model.decoder.layers", "gpt_neox.layers")
 TARGETS = ("heads", "channels")  # narrowable units
@@ -175,7 +176,7 @@ def hidden_size(config) -> int:
 
 def context_length(config) -> int:
     """The model's maximum context in tokens (position table size or rope limit)."""
-    for key in ("max_position_embeddings", "n_positions", "n_ctx"):
+    for key in CONTEXT_KEYS:
         value = getattr(config, key, None)
         if value:
             return int(value)
